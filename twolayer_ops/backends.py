@@ -1,0 +1,88 @@
+"""The backends and where each one runs. A backend is four callables with the op schemas:
+linear_relu, linear_relu_backward, relu, relu_backward. The forward ones carry autograd."""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+CPU_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    linear_relu: Callable
+    linear_relu_backward: Callable
+    relu: Callable
+    relu_backward: Callable
+    supports: Callable[[str, torch.dtype], bool]  # (device type, dtype) -> has a kernel
+
+
+def _torch_linear_relu_backward(grad_out, out, x, weight, output_mask):
+    """The composite formula, in torch ops: the reference the kernels must match."""
+    gm = torch.where(out <= 0, 0, grad_out).reshape(-1, weight.shape[0])
+    empty = x.new_empty(0)
+    return (
+        (gm @ weight).reshape(x.shape) if output_mask[0] else empty,
+        gm.t() @ x.reshape(-1, weight.shape[1]) if output_mask[1] else empty,
+        gm.sum(0) if output_mask[2] else empty,
+    )
+
+
+def _native_supports(device_type, dtype):
+    if device_type == "cpu":
+        return dtype in CPU_NATIVE_DTYPES
+    return device_type == "cuda" and ops.HAS_CUDA_KERNELS and dtype in FLOAT_DTYPES
+
+
+BACKENDS = {
+    "native": Backend(
+        "native",
+        ops.ops.linear_relu,
+        ops.ops.linear_relu_backward,
+        ops.ops.relu,
+        ops.ops.relu_backward,
+        _native_supports,
+    ),
+    "torch": Backend(
+        "torch",
+        lambda x, weight, bias: torch.relu(F.linear(x, weight, bias)),
+        _torch_linear_relu_backward,
+        torch.relu,
+        lambda grad_out, out: torch.where(out <= 0, 0, grad_out),
+        lambda device_type, dtype: dtype in FLOAT_DTYPES,
+    ),
+}
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+
+def _device_usable(device_type):
+    return device_type == "cpu" or (device_type == "cuda" and torch.cuda.is_available())
+
+
+def available_backends(device="cpu"):
+    """The backends that run on `device` for at least one dtype, best first."""
+    device_type = torch.device(device).type
+    if not _device_usable(device_type):
+        return []
+    return [name for name, b in BACKENDS.items() if any(b.supports(device_type, dt) for dt in FLOAT_DTYPES)]
+
+
+def resolve_backend(name, tensor):
+    """The Backend that will run `tensor`: "auto" takes native where it has a kernel, else torch."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    device_type, dtype = tensor.device.type, tensor.dtype
+    if name == "auto":
+        return BACKENDS["native"] if BACKENDS["native"].supports(device_type, dtype) else BACKENDS["torch"]
+    backend = BACKENDS[name]
+    if not backend.supports(device_type, dtype):
+        raise RuntimeError(
+            f"backend {name!r} has no kernel for {dtype} on {device_type}; "
+            f"available here: {', '.join(available_backends(device_type)) or 'none'} (or backend='auto')"
+        )
+    return backend

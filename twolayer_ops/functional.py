@@ -1,0 +1,84 @@
+"""The public functions. The backend is chosen here, before autograd records the node."""
+import torch
+
+from .backends import resolve_backend
+from .ops import linear_relu_grads, relu_grad, save_linear_relu, save_relu
+
+
+def _check_tensor(op, name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_linear_relu_args(x, weight, bias):
+    """Clear errors for bad shapes, dtypes and devices, the same for every backend."""
+    named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    for name, t in named:
+        _check_tensor("linear_relu", name, t)
+    if x.dim() < 1:
+        raise ValueError("linear_relu: x must have at least 1 dimension (..., in_features), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"linear_relu: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear_relu: x's last dimension ({x.shape[-1]}) must equal weight.shape[1] ({weight.shape[1]}); "
+            f"x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear_relu: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in named[1:]:
+        if t.dtype != x.dtype:
+            raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"linear_relu: {name} is on {t.device} but x is on {x.device}")
+
+
+def linear_relu(x, weight, bias=None, *, backend="auto"):
+    """relu(x @ weight.T + bias), fused. x (..., K), weight (N, K), bias (N,) or None -> (..., N).
+
+    backend: "auto" (native where it has a kernel for the device and dtype, else torch),
+    "native", "triton" or "torch" (the composite reference)."""
+    check_linear_relu_args(x, weight, bias)
+    return resolve_backend(backend, x).linear_relu(x, weight, bias)
+
+
+def relu(x, *, backend="auto"):
+    """relu(x) on the library's standalone kernels; NaN passes through, as in torch.relu."""
+    _check_tensor("relu", "x", x)
+    return resolve_backend(backend, x).relu(x)
+
+
+class LinearReLUFunction(torch.autograd.Function):
+    """The fused op as an autograd Function: LinearReLUFunction.apply(x, weight, bias, backend).
+    Its backward is the same formula the registered ops use."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, backend="auto"):
+        check_linear_relu_args(x, weight, bias)
+        ctx.backend = resolve_backend(backend, x)
+        out = ctx.backend.linear_relu(x, weight, bias)
+        save_linear_relu(ctx, (x, weight, bias), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (*linear_relu_grads(ctx, grad_out, ctx.backend.linear_relu_backward), None)
+
+
+class MyReLU(torch.autograd.Function):
+    """The seed's MyReLU on the library's kernels: MyReLU.apply(x) or MyReLU.apply(x, backend).
+    It saves the output, not the input: the mask out > 0 is the same."""
+
+    @staticmethod
+    def forward(ctx, x, backend="auto"):
+        _check_tensor("MyReLU", "x", x)
+        ctx.backend = resolve_backend(backend, x)
+        out = ctx.backend.relu(x)
+        save_relu(ctx, (x,), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return relu_grad(ctx, grad_out, ctx.backend.relu_backward), None
