@@ -1,0 +1,105 @@
+"""Backend selection and clear errors on bad input."""
+import pytest
+import torch
+
+import twolayer_ops
+from twolayer_ops import available_backends, linear_relu, relu
+from twolayer_ops.backends import resolve_backend
+
+
+def test_available_backends_cpu():
+    backends = available_backends("cpu")
+    assert "native" in backends and backends[-1] == "torch"
+
+
+def test_available_backends_cuda_matches_machine():
+    backends = available_backends("cuda")
+    if torch.cuda.is_available():
+        assert "torch" in backends
+    else:
+        assert backends == []
+
+
+@pytest.mark.parametrize(
+    "dtype,expected", [(torch.float32, "native"), (torch.float64, "native"), (torch.bfloat16, "torch"), (torch.float16, "torch")]
+)
+def test_auto_on_cpu(dtype, expected):
+    assert resolve_backend("auto", torch.empty(1, dtype=dtype)).name == expected
+
+
+def test_auto_runs_native_op_on_cpu():
+    x = torch.randn(3, 4, requires_grad=True)
+    out = linear_relu(x, torch.randn(2, 4), torch.randn(2))
+    assert "twolayer_ops_linear_relu" in out.grad_fn.name()
+
+
+def test_bfloat16_cpu_falls_back_to_torch():
+    x, w, b = (torch.randn(*s).bfloat16() for s in ((4, 8), (3, 8), (3,)))
+    torch.testing.assert_close(linear_relu(x, w, b), torch.relu(torch.nn.functional.linear(x, w, b)))
+
+
+def x_w_b(m=4, k=5, n=3, **kw):
+    return torch.randn(m, k, **kw), torch.randn(n, k, **kw), torch.randn(n, **kw)
+
+
+BAD_INPUTS = {
+    "k mismatch": (lambda x, w, b: (x, torch.randn(3, 6), b), ValueError, r"last dimension \(5\) must equal weight.shape\[1\] \(6\)"),
+    "weight 1-D": (lambda x, w, b: (x, torch.randn(5), b), ValueError, "weight must be 2-D"),
+    "bias shape": (lambda x, w, b: (x, w, torch.randn(4)), ValueError, r"bias must have shape \(3,\)"),
+    "bias 2-D": (lambda x, w, b: (x, w, b[None]), ValueError, r"bias must have shape \(3,\)"),
+    "x 0-d": (lambda x, w, b: (torch.tensor(1.0), w, b), ValueError, "at least 1 dimension"),
+    "int x": (lambda x, w, b: (x.long(), w, b), TypeError, "x must be a floating-point tensor, got torch.int64"),
+    "int weight": (lambda x, w, b: (x, w.int(), b), TypeError, "weight must be a floating-point tensor"),
+    "dtype mismatch": (lambda x, w, b: (x, w.double(), b), TypeError, "weight dtype torch.float64 differs from x dtype torch.float32"),
+    "bias dtype": (lambda x, w, b: (x, w, b.half()), TypeError, "bias dtype torch.float16 differs"),
+    "device mismatch": (lambda x, w, b: (x, w.to("meta"), b), ValueError, "weight is on meta but x is on cpu"),
+    "not a tensor": (lambda x, w, b: (x.tolist(), w, b), TypeError, "x must be a torch.Tensor, got list"),
+}
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "torch"])
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_clear_error(case, backend):
+    make, error, message = BAD_INPUTS[case]
+    with pytest.raises(error, match=message):
+        linear_relu(*make(*x_w_b()), backend=backend)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'cutlass'; choose one of auto, native"):
+        linear_relu(*x_w_b(), backend="cutlass")
+
+
+def test_backend_without_kernel_for_dtype():
+    with pytest.raises(RuntimeError, match="backend 'native' has no kernel for torch.bfloat16 on cpu"):
+        linear_relu(*x_w_b(dtype=torch.bfloat16), backend="native")
+
+
+def test_relu_rejects_integers():
+    with pytest.raises(TypeError, match="relu: x must be a floating-point tensor"):
+        relu(torch.arange(4))
+    with pytest.raises(TypeError, match="MyReLU: x must be a floating-point tensor"):
+        twolayer_ops.MyReLU.apply(torch.arange(4))
+
+
+NATIVE_OP_ERRORS = {
+    "k mismatch": ((torch.randn(4, 5), torch.randn(3, 6), None), "must equal weight.shape\\[1\\]"),
+    "int": ((torch.ones(4, 5, dtype=torch.int32), torch.ones(3, 5, dtype=torch.int32), None), "floating tensor"),
+    "half on cpu": ((torch.randn(4, 5).half(), torch.randn(3, 5).half(), None), "support float32 and float64"),
+    "bias shape": ((torch.randn(4, 5), torch.randn(3, 5), torch.randn(2)), "bias must have shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(NATIVE_OP_ERRORS))
+def test_direct_op_call_checks_its_arguments(case):
+    """The C++ kernels check too, for callers that use torch.ops directly."""
+    args, message = NATIVE_OP_ERRORS[case]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.twolayer_ops.linear_relu(*args)
+
+
+def test_backward_op_checks_grad_shape():
+    x, w = torch.randn(4, 5), torch.randn(3, 5)
+    out = torch.ops.twolayer_ops.linear_relu(x, w, None)
+    with pytest.raises(RuntimeError, match="grad_out shape"):
+        torch.ops.twolayer_ops.linear_relu_backward(torch.randn(4, 2), out, x, w, [True, True, False])

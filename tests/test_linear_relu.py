@@ -1,0 +1,175 @@
+"""The parity matrix of the fused op, run for every kernel backend on every device."""
+import pytest
+import torch
+from torch.library import opcheck
+
+import twolayer_ops
+from twolayer_ops import LinearReLUFunction, linear_relu
+
+from .cases import EMPTY_SHAPES, SHAPES, kernel_cases, poison_allocator
+from .reference import assert_close_to_ref, linear_relu_ref
+
+pytestmark = pytest.mark.parametrize("device,backend", kernel_cases())
+
+
+def make_inputs(x_shape, n, *, dtype=torch.float64, device="cpu", bias=True, seed=0, requires_grad=True):
+    g = torch.Generator().manual_seed(seed)
+    k = x_shape[-1]
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64)
+    w = torch.randn(n, k, generator=g, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64) if bias else None
+    tensors = [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) if t is not None else None for t in (x, w, b)]
+    return tensors
+
+
+def away_from_kink(x_shape, n, device, seed=0, margin=1e-3):
+    """float64 inputs whose pre-activations all lie more than `margin` from zero (for gradcheck)."""
+    for s in range(seed, seed + 100):
+        x, w, b = make_inputs(x_shape, n, device=device, seed=s)
+        if (torch.nn.functional.linear(x, w, b).abs() > margin).all():
+            return x, w, b
+    raise AssertionError("could not sample inputs away from the kink")
+
+
+def grads_of(fn, inputs, grad_out):
+    out = fn(*inputs)
+    params = [t for t in inputs if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(out, params, grad_out, allow_unused=False)
+    return out, grads
+
+
+def check_against_reference(x, w, b, backend, grad_out=None):
+    """Forward and all gradients of the kernel vs the float64 torch reference on the same values."""
+    ref_inputs = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None for t in (x, w, b)]
+    ref_out = linear_relu_ref(*ref_inputs)
+    if grad_out is None:
+        grad_out = torch.randn(ref_out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        grad_out = grad_out.to(x.device)
+    poison_allocator(ref_out.shape, x.dtype, x.device)
+    out, grads = grads_of(lambda *a: linear_relu(*a, backend=backend), (x, w, b), grad_out.to(x.dtype))
+    _, ref_grads = grads_of(linear_relu_ref, ref_inputs, grad_out.double())
+    assert_close_to_ref(out, ref_out.to(x.dtype) if x.dtype != torch.float64 else ref_out, x.dtype, "output")
+    assert out.is_contiguous()
+    names = [n for n, t in zip(("grad_x", "grad_weight", "grad_bias"), (x, w, b)) if t is not None and t.requires_grad]
+    for name, got, want in zip(names, grads, ref_grads):
+        assert_close_to_ref(got, want.to(got.dtype) if got.dtype != torch.float64 else want, x.dtype, name)
+
+
+@pytest.mark.parametrize("x_shape,n", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_matches_reference(device, backend, x_shape, n, dtype):
+    check_against_reference(*make_inputs(x_shape, n, dtype=dtype, device=device), backend)
+
+
+@pytest.mark.parametrize("x_shape,n", SHAPES[1:], ids=str)
+def test_no_bias(device, backend, x_shape, n):
+    check_against_reference(*make_inputs(x_shape, n, device=device, bias=False), backend)
+
+
+@pytest.mark.parametrize("x_shape,n", [((7, 33), 12), ((2, 3, 17), 5), ((17,), 5)], ids=str)
+def test_gradcheck(device, backend, x_shape, n):
+    x, w, b = away_from_kink(x_shape, n, device)
+    assert torch.autograd.gradcheck(lambda *a: linear_relu(*a, backend=backend), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: linear_relu(x, w, None, backend=backend), (x, w))
+
+
+def test_autograd_function_gradcheck(device, backend):
+    x, w, b = away_from_kink((5, 9), 4, device)
+    assert torch.autograd.gradcheck(lambda *a: LinearReLUFunction.apply(*a, backend), (x, w, b))
+
+
+def test_exact_zero_preactivation_has_zero_output_and_gradient(device, backend):
+    x, w, b = make_inputs((6, 8), 4, device=device, requires_grad=False)
+    w[1] = 0.0  # column 1: pre-activation exactly 0
+    b[1] = 0.0
+    x[2] = 0.0  # row 2: pre-activation exactly b
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    out = linear_relu(x, w, b, backend=backend)
+    assert (out[:, 1] == 0).all()
+    out.backward(torch.ones_like(out))
+    assert b.grad[1] == 0 and (w.grad[1] == 0).all()
+    check_against_reference(*(t.detach().clone().requires_grad_() for t in (x, w, b)), backend)
+
+
+def test_nan_propagates_like_reference(device, backend):
+    x, w, b = make_inputs((5, 6), 4, device=device, requires_grad=False)
+    x[1, 2] = float("nan")  # row 1 all NaN
+    b[3] = float("nan")  # column 3 all NaN
+    w[0, 0] = float("-inf")  # column 0: +-inf or NaN
+    out = linear_relu(x, w, b, backend=backend)
+    assert torch.isnan(out[1]).all() and torch.isnan(out[:, 3]).all()
+    check_against_reference(*(t.clone().requires_grad_() for t in (x, w, b)), backend)
+
+
+def test_layouts(device, backend):
+    """Transposed, strided, offset and broadcast (stride-0) operands, and a transposed grad_out."""
+    g = torch.Generator().manual_seed(3)
+
+    def rnd(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g).to(device)
+
+    m, k, n = 9, 13, 6
+    layouts = {
+        "x transposed": (rnd(k, m).t(), rnd(n, k), rnd(n)),
+        "w transposed": (rnd(m, k), rnd(k, n).t(), rnd(n)),
+        "strided": (rnd(m, 2 * k)[:, ::2], rnd(2 * n, k)[::2], rnd(2 * n)[::2]),
+        "storage offset": (rnd(m + 1, k + 3)[1:, 3:], rnd(n + 1, k)[1:], rnd(n + 1)[1:]),
+        "broadcast x": (rnd(1, k).expand(m, k), rnd(n, k), rnd(n)),
+        "3-D permuted": (rnd(k, 3, m).permute(2, 1, 0), rnd(n, k), rnd(n)),
+    }
+    for name, (x, w, b) in layouts.items():
+        x, w, b = (t.requires_grad_() for t in (x, w, b))
+        grad_out = rnd(*reversed(linear_relu_ref(x, w, b).shape)).permute(*reversed(range(x.dim())))
+        check_against_reference(x, w, b, backend, grad_out=grad_out)
+
+
+@pytest.mark.parametrize("x_shape,n", EMPTY_SHAPES, ids=str)
+def test_empty(device, backend, x_shape, n):
+    x, w, b = make_inputs(x_shape, n, device=device)
+    out = linear_relu(x, w, b, backend=backend)
+    assert out.shape == (*x_shape[:-1], n)
+    out.backward(torch.ones_like(out))
+    ref = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    ref_out = linear_relu_ref(*ref)
+    ref_out.backward(torch.ones_like(ref_out))
+    torch.testing.assert_close(out, ref_out)
+    for got, want in zip((x, w, b), ref):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
+def test_only_needed_gradients(device, backend):
+    """x without requires_grad (the seed's first layer): only weight and bias gradients are made."""
+    x, w, b = make_inputs((8, 5), 3, device=device)
+    x.requires_grad_(False)
+    check_against_reference(x, w, b, backend)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_opcheck(device, backend, bias):
+    if backend == "native":
+        fwd, bwd = torch.ops.twolayer_ops.linear_relu, torch.ops.twolayer_ops.linear_relu_backward
+    else:
+        fwd = getattr(torch.ops.twolayer_ops, f"linear_relu_{backend}")
+        bwd = getattr(torch.ops.twolayer_ops, f"linear_relu_backward_{backend}")
+    for x_shape, n in [((5, 7), 3), ((2, 3, 4), 6), ((4,), 2)]:
+        x, w, b = make_inputs(x_shape, n, device=device, bias=bias)
+        opcheck(fwd, (x, w, b))
+        out = fwd(x, w, b).detach()
+        for mask in ([True, True, bias], [False, True, False], [True, False, False]):
+            opcheck(bwd, (torch.randn_like(out), out, x.detach(), w.detach(), mask))
+    x, w, b = make_inputs((6, 8), 4, device=device, bias=bias)
+    opcheck(fwd, (x.detach().t().contiguous().t(), w, b))
+
+
+def test_compile_fullgraph(device, backend):
+    torch._dynamo.reset()
+    x, w, b = make_inputs((8, 16), 4, dtype=torch.float32, device=device)
+    compiled = torch.compile(lambda x, w, b: linear_relu(x, w, b, backend=backend), fullgraph=True)
+    out = compiled(x, w, b)
+    out.sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    ref_out = linear_relu_ref(*ref)
+    ref_out.sum().backward()
+    torch.testing.assert_close(out, ref_out)
+    for got, want in zip((x, w, b), ref):
+        torch.testing.assert_close(got.grad, want.grad)
