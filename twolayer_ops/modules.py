@@ -1,4 +1,6 @@
 """nn.Modules built on the fused op."""
+import random
+
 import torch
 from torch import nn
 
@@ -53,3 +55,34 @@ class FusedLinearReLU(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, backend={self.backend!r}"
         )
+
+
+class TwoLayerNet(nn.Module):
+    """The seed's custom module (section 7): linear1 -> ReLU -> linear2, layer 1 fused.
+    Parameter names match the seed's, so its state_dict loads here unchanged."""
+
+    def __init__(self, D_in, H, D_out, *, backend="auto"):
+        super().__init__()
+        self.linear1 = FusedLinearReLU(D_in, H, backend=backend)
+        self.linear2 = nn.Linear(H, D_out)
+
+    def forward(self, x):
+        return self.linear2(self.linear1(x))
+
+
+class DynamicNet(nn.Module):
+    """The seed's dynamic net (section 8): the middle layer is reused 0 to 3 times, drawn per
+    forward from `rng` (the `random` module by default, as in the seed)."""
+
+    def __init__(self, D_in, H, D_out, *, backend="auto", rng=None):
+        super().__init__()
+        self.input_linear = FusedLinearReLU(D_in, H, backend=backend)
+        self.middle_linear = FusedLinearReLU(H, H, backend=backend)
+        self.output_linear = nn.Linear(H, D_out)
+        self.rng = rng
+
+    def forward(self, x):
+        h_relu = self.input_linear(x)
+        for _ in range((self.rng or random).randint(0, 3)):
+            h_relu = self.middle_linear(h_relu)
+        return self.output_linear(h_relu)

@@ -1,0 +1,27 @@
+"""The raw-tensor program (the tutorial's section 2): forward and backward by hand, with the
+library's ops doing layer 1 (linear_relu forward, linear_relu_backward for its weight gradient)."""
+import torch
+
+from ..backends import resolve_backend
+from .common import draw_raw, prepare, run_loop
+
+
+def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float32, lr=1e-6, log_every=None, on_log=None):
+    dev = prepare(steps, seed, device, backend, dtype)
+    x, y, w1, w2 = draw_raw(dev, dtype)
+    ops = resolve_backend(backend, x)
+
+    def step(n):
+        h_relu = ops.linear_relu(x, w1.t(), None)
+        y_pred = h_relu.mm(w2)
+        loss = (y_pred - y).pow(2).sum()
+
+        grad_y_pred = 2.0 * (y_pred - y)
+        grad_w2 = h_relu.t().mm(grad_y_pred)
+        grad_h_relu = grad_y_pred.mm(w2.t())
+        _, grad_w1_t, _ = ops.linear_relu_backward(grad_h_relu, h_relu, x, w1.t(), [False, True, False])
+        w1.sub_(lr * grad_w1_t.t())
+        w2.sub_(lr * grad_w2)
+        return loss
+
+    return run_loop("tensors", step, steps, dev, ops.name, {"w1": w1, "w2": w2}, log_every=log_every, on_log=on_log)
