@@ -23,7 +23,9 @@ def _cuda_home():
     if nvcc is None:
         return "/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
     try:
-        dryrun = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True).stderr
+        # A dry run prints the driver's settings, TOP (the toolkit root) among them; nothing is compiled.
+        cmd = [nvcc, "--dryrun", "-c", "twolayer_ops_probe.cu", "-o", os.devnull]
+        dryrun = subprocess.run(cmd, capture_output=True, text=True).stderr
     except OSError:
         return None
     top = re.search(r"^#\$ TOP=(.+)$", dryrun, re.M)
@@ -58,7 +60,7 @@ if BUILD_CUDA:
         "twolayer_ops._C",
         sources,
         include_dirs=[os.path.join(here, "csrc")],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v"]},
     )
 else:
     extension = CppExtension(

@@ -53,9 +53,12 @@ inline void check_grad_like_out(const at::Tensor& grad_out, const at::Tensor& ou
 }
 
 // (..., K) -> (M, K). A view whenever the layout allows it; kernels take strides, not copies.
+// M is counted, not inferred: reshape({-1, 0}) cannot infer the rows of a (..., 0) tensor.
 inline at::Tensor as_matrix(const at::Tensor& t) {
-  const int64_t last = t.size(-1);
-  return t.dim() == 2 ? t : t.reshape({-1, last});
+  if (t.dim() == 2) return t;
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return t.reshape({rows, t.size(-1)});
 }
 
 // Output sizes (..., N) for x (..., K).
