@@ -1,5 +1,6 @@
 """The backends and where each one runs. A backend is four callables with the op schemas:
 linear_relu, linear_relu_backward, relu, relu_backward. The forward ones carry autograd."""
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,12 +25,35 @@ class Backend:
 
 def _torch_linear_relu_backward(grad_out, out, x, weight, output_mask):
     """The composite formula, in torch ops: the reference the kernels must match."""
-    gm = torch.where(out <= 0, 0, grad_out).reshape(-1, weight.shape[0])
+    rows = math.prod(x.shape[:-1])  # counted: reshape(-1, 0) cannot infer it
+    gm = torch.where(out <= 0, 0, grad_out).reshape(rows, weight.shape[0])
     empty = x.new_empty(0)
     return (
         (gm @ weight).reshape(x.shape) if output_mask[0] else empty,
-        gm.t() @ x.reshape(-1, weight.shape[1]) if output_mask[1] else empty,
+        gm.t() @ x.reshape(rows, weight.shape[1]) if output_mask[1] else empty,
         gm.sum(0) if output_mask[2] else empty,
+    )
+
+
+def _triton_backend():
+    """The triton backend; where the triton package is missing it is listed but supports nothing."""
+    try:
+        from .triton_kernels import linear_relu as triton_kernels  # defines twolayer_ops::*_triton
+    except ModuleNotFoundError as err:
+        if err.name != "triton":
+            raise
+
+        def missing(*args, **kwargs):
+            raise RuntimeError("backend 'triton' needs the triton package")
+
+        return Backend("triton", missing, missing, missing, missing, lambda device_type, dtype: False)
+    return Backend(
+        "triton",
+        ops.ops.linear_relu_triton,
+        ops.ops.linear_relu_backward_triton,
+        ops.ops.relu_triton,
+        ops.ops.relu_backward_triton,
+        triton_kernels.supports,
     )
 
 
@@ -48,6 +72,7 @@ BACKENDS = {
         ops.ops.relu_backward,
         _native_supports,
     ),
+    "triton": _triton_backend(),
     "torch": Backend(
         "torch",
         lambda x, weight, bias: torch.relu(F.linear(x, weight, bias)),

@@ -1,0 +1,335 @@
+"""The Triton backend's own tests, beyond the parity suite that runs it with every other backend:
+which path runs a tensor (interpreted twin on CPU, compiled kernel on CUDA) and which kernels a
+call launches, parity with the native kernels on identical inputs, gradcheck, opcheck and
+torch.compile on the raw ops, and on a GPU every autotune config, TF32 and determinism."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.library import opcheck
+
+pytest.importorskip("triton")
+
+from twolayer_ops import available_backends, linear_relu, relu  # noqa: E402
+from twolayer_ops.backends import BACKENDS  # noqa: E402
+from twolayer_ops.triton_kernels import linear_relu as tk  # noqa: E402
+
+from .reference import REL_TOL, assert_close_to_ref, linear_relu_ref  # noqa: E402
+
+ops = torch.ops.twolayer_ops
+needs_interpreter = pytest.mark.skipif(not tk.INTERPRETER_RUNS, reason="triton's interpreter is unavailable")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GEMM_KERNELS = [tk.linear_relu_fwd_kernel, tk.linear_relu_dx_kernel, tk.linear_relu_dw_db_kernel]
+
+
+def inputs(m, k, n, *, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((m, k), (n, k), (n,))
+    return [torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for shape in shapes]
+
+
+def away_from_kink(m, k, n, margin=1e-3):
+    """float64 inputs whose pre-activations all lie more than `margin` from zero (for gradcheck)."""
+    for seed in range(100):
+        x, w, b = inputs(m, k, n, seed=seed)
+        if (torch.nn.functional.linear(x, w, b).abs() > margin).all():
+            return x, w, b
+    raise AssertionError("could not sample inputs away from the kink")
+
+
+def backward_op_inputs(x, w, b, seed=1):
+    out = ops.linear_relu_triton(x, w, b)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return grad.to(out), out
+
+
+# ---- which path runs: interpreted twins on CPU, and the launches each call makes ------------
+
+@pytest.fixture
+def cpu_launches(monkeypatch):
+    """Records (kernel name, meta-parameters) of every interpreted launch, then runs it."""
+    launches = []
+
+    class Spy:
+        def __init__(self, name, twin):
+            self.name, self.twin = name, twin
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                launches.append((self.name, meta))
+                return self.twin[grid](*args, **meta)
+
+            return run
+
+    for kernel, (twin, tile) in list(tk.INTERPRETED.items()):
+        monkeypatch.setitem(tk.INTERPRETED, kernel, (Spy(tk.python_function(kernel).__name__, twin), tile))
+    return launches
+
+
+def test_cpu_backend_listed_where_the_interpreter_runs():
+    assert ("triton" in available_backends("cpu")) == tk.INTERPRETER_RUNS
+    assert tk.supports("cpu", torch.float64) == tk.supports("cpu", torch.float32) == tk.INTERPRETER_RUNS
+    assert not tk.supports("cpu", torch.bfloat16) and not tk.supports("cpu", torch.float16)
+    assert tk.supports("cuda", torch.bfloat16) == torch.cuda.is_available()
+
+
+@needs_interpreter
+def test_cpu_tensors_run_the_interpreted_twins(cpu_launches):
+    x, w, b = inputs(5, 7, 3)
+    ops.linear_relu_triton(x, w, b)
+    ops.relu_triton(x)
+    ops.relu_backward_triton(x, x)
+    assert [name for name, _ in cpu_launches] == ["linear_relu_fwd_kernel", "relu_kernel", "relu_backward_kernel"]
+    assert cpu_launches[0][1]["BLOCK_M"] == tk.INTERPRETER_TILE  # the fixed config, not the autotuner
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "mask,expected",
+    [
+        ([True, True, True], [("linear_relu_dx_kernel", None), ("linear_relu_dw_db_kernel", (True, True))]),
+        ([True, False, False], [("linear_relu_dx_kernel", None)]),
+        ([False, True, False], [("linear_relu_dw_db_kernel", (True, False))]),
+        ([False, False, True], [("linear_relu_dw_db_kernel", (False, True))]),
+        ([False, True, True], [("linear_relu_dw_db_kernel", (True, True))]),
+    ],
+    ids=str,
+)
+def test_backward_launches_only_what_output_mask_asks(cpu_launches, mask, expected):
+    x, w, b = inputs(9, 70, 67)  # 70 and 67 > INTERPRETER_TILE: several tiles per dimension
+    grad, out = backward_op_inputs(x, w, b)
+    cpu_launches.clear()
+    got = ops.linear_relu_backward_triton(grad, out, x, w, mask)
+    flags = [(name, (meta["COMPUTE_DW"], meta["COMPUTE_DB"]) if "COMPUTE_DW" in meta else None)
+             for name, meta in cpu_launches]
+    assert flags == expected
+    want = BACKENDS["torch"].linear_relu_backward(grad, out, x, w, mask)
+    for requested, g, r in zip(mask, got, want):
+        assert g.shape == r.shape == (r.shape if requested else (0,))
+        if requested:
+            assert_close_to_ref(g, r, torch.float64)
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "m,k,n,forward_launches,backward_launches",
+    [
+        (0, 5, 3, [], []),
+        (4, 5, 0, [], []),
+        (0, 0, 0, [], []),
+        # K == 0: the forward still runs (zero k-steps give relu(b)); only db has work in the backward.
+        (4, 0, 3, ["linear_relu_fwd_kernel"], ["linear_relu_dw_db_kernel"]),
+    ],
+)
+def test_empty_shapes_launch_only_where_there_is_work(cpu_launches, m, k, n, forward_launches, backward_launches):
+    x, w, b = inputs(m, k, n)
+    out = ops.linear_relu_triton(x, w, b)
+    assert [name for name, _ in cpu_launches] == forward_launches
+    assert_close_to_ref(out, linear_relu_ref(x, w, b), torch.float64)
+    cpu_launches.clear()
+    grads = ops.linear_relu_backward_triton(torch.ones_like(out), out, x, w, [True, True, True])
+    assert [name for name, _ in cpu_launches] == backward_launches
+    for got, want in zip(grads, ops.linear_relu_backward(torch.ones_like(out), out, x, w, [True] * 3)):
+        torch.testing.assert_close(got, want)
+
+
+def test_direct_op_call_refuses_half_precision_on_cpu():
+    x, w, b = inputs(3, 4, 2, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="no kernel for torch.bfloat16 on cpu"):
+        ops.linear_relu_triton(x, w, b)
+
+
+# ---- parity with the native kernels on identical inputs (CPU) -------------------------------
+
+def special_inputs(dtype):
+    """Crosses interpreter tiles in every dimension, with NaN and exact-zero pre-activations."""
+    x, w, b = inputs(70, 66, 130, seed=4)
+    x[3, 5] = float("nan")
+    w[9], b[9] = 0.0, 0.0
+    x[11], b[12] = 0.0, -1.0
+    return [t.to(dtype) for t in (x, w, b)]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_matches_native_on_identical_inputs(dtype, bias):
+    x, w, b = special_inputs(dtype)
+    b = b if bias else None
+    out = ops.linear_relu_triton(x, w, b)
+    native_out = ops.linear_relu(x, w, b)
+    assert_close_to_ref(out, native_out, dtype)
+    assert torch.equal(out == 0, native_out == 0), "the ReLU mask differs from native"
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    mask = [True, True, bias]
+    grads = ops.linear_relu_backward_triton(grad, out, x, w, mask)
+    native_grads = ops.linear_relu_backward(grad, out, x, w, mask)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"), grads, native_grads):
+        assert_close_to_ref(got, want, dtype, name)
+
+
+# ---- autograd, opcheck and torch.compile on the raw triton ops (CPU) --------------------------
+
+@needs_interpreter
+def test_gradcheck_float64_through_the_interpreter():
+    x, w, b = away_from_kink(3, 5, 4)
+    assert torch.autograd.gradcheck(ops.linear_relu_triton, [t.requires_grad_() for t in (x, w, b)])
+    # Several tiles in every dimension (grouped program order, partial tiles): the fast mode.
+    x, w, b = away_from_kink(70, 66, 67)
+    assert torch.autograd.gradcheck(ops.linear_relu_triton, [t.requires_grad_() for t in (x, w, b)], fast_mode=True)
+    r = torch.randn(3, 700, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    r = torch.where(r.abs() < 1e-3, 0.5, r).requires_grad_()  # 2100 elements: three ReLU blocks
+    assert torch.autograd.gradcheck(ops.relu_triton, (r,), fast_mode=True)
+
+
+@needs_interpreter
+def test_opcheck_the_four_ops_beyond_the_parity_suite():
+    """Masks with db but no dx (the db-only launch), tiles crossed in every dimension, and ReLU
+    across several blocks; the parity suite opchecks the common masks on one tile."""
+    x, w, b = inputs(70, 9, 66)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    opcheck(ops.linear_relu_triton, (x, w, b))
+    grad, out = backward_op_inputs(x.detach(), w.detach(), b.detach())
+    for mask in ([False, False, True], [False, True, True], [True, True, True]):
+        opcheck(ops.linear_relu_backward_triton, (grad, out, x.detach(), w.detach(), mask))
+    r = torch.randn(3, 700, dtype=torch.float64)
+    opcheck(ops.relu_triton, (r.requires_grad_(),))
+    opcheck(ops.relu_backward_triton, (torch.randn_like(r), r.detach()))
+
+
+@needs_interpreter
+def test_compile_two_layer_net_fullgraph_dynamic():
+    """A two-layer net on the triton ops compiles as one graph, forward and backward, and serves
+    a second batch size without recompiling (the fake kernels carry symbolic shapes)."""
+    torch._dynamo.reset()
+    w1, b1, w2 = (t.float().requires_grad_() for t in inputs(1, 20, 12)[1:] + [torch.randn(3, 12)])
+
+    def net(x):
+        return linear_relu(relu(x, backend="triton"), w1, b1, backend="triton") @ w2.t()
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(net, backend=counter, fullgraph=True, dynamic=True)
+    for batch in (5, 9):
+        x = torch.randn(batch, 20)
+        out = compiled(x)
+        out.sum().backward()
+        got = [t.grad.clone() for t in (w1, b1, w2)]
+        for t in (w1, b1, w2):
+            t.grad = None
+        ref = torch.relu(torch.relu(x) @ w1.t() + b1) @ w2.t()
+        ref.sum().backward()
+        assert_close_to_ref(out, ref, torch.float32)
+        for g, t in zip(got, (w1, b1, w2)):
+            assert_close_to_ref(g, t.grad, torch.float32)
+            t.grad = None
+    assert counter.frame_count == 1
+
+
+# ---- GPU: compiled kernels ---------------------------------------------------------------------
+
+def kept_configs(kernel, dtype):
+    """The configs the shared-memory pruner keeps for `dtype` on this GPU."""
+    probe = torch.empty(0, dtype=dtype, device="cuda")
+    return kernel.early_config_prune(kernel.configs, {"t": probe})
+
+
+def run_with_config(monkeypatch, kernel, config, fn):
+    """fn() with `kernel` restricted to one config (the autotuner then runs it without timing)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(kernel, "configs", [config])
+        return fn()
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kernel", GEMM_KERNELS, ids=lambda k: tk.python_function(k).__name__)
+def test_every_config_on_gpu(monkeypatch, kernel, dtype):
+    """Every config the pruner keeps, on shapes with partial tiles and more than GROUP_SIZE row
+    tiles, against the float64 reference (1e-5 for float32, 1e-2 for the 16-bit types)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    x, w, b = inputs(1100, 200, 300, device="cuda")
+    grad = torch.randn(1100, 300, dtype=torch.float64, device="cuda")
+    out64 = linear_relu_ref(x, w, b)
+    want = BACKENDS["torch"].linear_relu_backward(grad, out64, x, w, [True] * 3)
+    xd, wd, bd, gd = (t.to(dtype) for t in (x, w, b, grad))
+    for config in kept_configs(kernel, dtype):
+        if kernel is tk.linear_relu_fwd_kernel:
+            got = run_with_config(monkeypatch, kernel, config, lambda: ops.linear_relu_triton(xd, wd, bd))
+            assert_close_to_ref(got, out64.to(dtype), dtype, f"out with {config}")
+            continue
+        # The backward at the float64 output, so that the reference's ReLU mask is the kernel's.
+        mask = [True, False, False] if kernel is tk.linear_relu_dx_kernel else [False, True, True]
+        od = out64.to(dtype)
+        got = run_with_config(monkeypatch, kernel, config, lambda: ops.linear_relu_backward_triton(gd, od, xd, wd, mask))
+        for name, wanted, g, r in zip(("grad_x", "grad_weight", "grad_bias"), mask, got, want):
+            if wanted:
+                assert_close_to_ref(g, r.to(dtype), dtype, f"{name} with {config}")
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", GEMM_KERNELS, ids=lambda k: tk.python_function(k).__name__)
+def test_every_config_is_kept_for_some_dtype(kernel):
+    kept = {str(c) for dtype in tk.CUDA_DTYPES for c in kept_configs(kernel, dtype)}
+    assert kept == {str(c) for c in kernel.configs}
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_tf32_follows_the_torch_flag(monkeypatch, allow_tf32):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    x, w, b = inputs(256, 512, 256, device="cuda")
+    ref = linear_relu_ref(x, w, b)
+    err = (ops.linear_relu_triton(x.float(), w.float(), b.float()).double() - ref).norm() / ref.norm()
+    if allow_tf32:
+        assert REL_TOL[torch.float32] < err < 5e-3, f"TF32 expected, relative error {err:.3g}"
+    else:
+        assert err < REL_TOL[torch.float32]
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_backward_is_deterministic_on_gpu():
+    """db has one writer per entry and no atomics: two runs agree bit for bit."""
+    x, w, b = inputs(4096, 64, 96, device="cuda", dtype=torch.float32)
+    grad, out = backward_op_inputs(x, w, b)
+    first = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
+    second = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
+    assert all(torch.equal(a, c) for a, c in zip(first, second))
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_interpreter_then_compiler_in_one_process(tmp_path):
+    """CPU (interpreted) then CUDA (compiled from scratch) then CPU, in one fresh process: an
+    interpreted run must leave triton.language as it found it for the compiler."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from twolayer_ops.triton_kernels import linear_relu as tk
+        for kernel in (tk.linear_relu_fwd_kernel, tk.linear_relu_dx_kernel, tk.linear_relu_dw_db_kernel):
+            kernel.configs = kernel.configs[-1:]  # one compile each, no autotuning
+        def check(device):
+            shapes = ((37, 70), (66, 70), (66,))
+            x, w, b = (torch.randn(*s, dtype=torch.float64, device=device, requires_grad=True) for s in shapes)
+            out = torch.ops.twolayer_ops.linear_relu_triton(x, w, b)
+            grads = torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+            ref = torch.relu(torch.nn.functional.linear(x, w, b))
+            ref_grads = torch.autograd.grad(ref, (x, w, b), torch.ones_like(ref))
+            for got, want in zip((out, *grads), (ref, *ref_grads)):
+                torch.testing.assert_close(got, want)
+        check("cpu"); check("cuda"); check("cpu")
+        print("ok")
+        """
+    )
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path))  # an empty cache: the frontend must run
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    assert any(tmp_path.iterdir()), "CUDA ran without compiling a kernel"

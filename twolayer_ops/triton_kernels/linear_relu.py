@@ -1,0 +1,502 @@
+"""The Triton backend: y = relu(x @ W^T + b), its backward, and a standalone ReLU, as Triton kernels
+behind four torch.library ops (twolayer_ops::linear_relu_triton, linear_relu_backward_triton,
+relu_triton, relu_backward_triton) with the native ops' schemas, fake kernels and autograd formula.
+
+The three GEMM kernels share one scheme: each program owns one output tile, walks the reduction
+dimension in BLOCK-sized steps with an fp32 accumulator (fp64 for float64), and programs are
+numbered in groups of GROUP_SIZE row-tiles, so that the programs running together reuse the same
+column of input tiles from L2. The masked gradient mask(g) = (out <= 0 ? 0 : g) is never written
+to memory: both backward kernels apply it to the tiles of g as they load them.
+
+  forward  out[M, N] = relu(x[M, K] @ w[N, K]^T + b)    tile BLOCK_M x BLOCK_N, steps over K
+  grad x    dx[M, K] = mask(g)[M, N] @ w[N, K]           tile BLOCK_M x BLOCK_K, steps over N
+  grad w    dw[N, K] = mask(g)[M, N]^T @ x[M, K]         tile BLOCK_N x BLOCK_K, steps over M
+  grad b       db[N] = mask(g)[M, N]^T @ 1[M]             by the grad-w programs of the first K tile
+
+Devices and dtypes. CUDA runs compiled, autotuned kernels for float32, float64, float16 and
+bfloat16. float64 is supported on CUDA: Triton lowers an fp64 tl.dot with input_precision "ieee"
+exactly (measured on an H200 with triton 3.6). CPU tensors (float32, float64) run the same kernels
+through Triton's interpreter, as InterpretedFunction twins of the jitted functions with one fixed
+tile config (timing numpy is no basis for autotuning). So one process runs CPU tensors interpreted
+and CUDA tensors compiled, without TRITON_INTERPRET. Two rules come with the twins:
+  - kernels call Triton builtins only, never a @triton.jit function, and the standard library's
+    tl.cdiv, tl.zeros and tl.sum are such functions. Inside a twin they are still JITFunctions,
+    which refuse to be called ("Cannot call @triton.jit'd outside of the scope of a kernel");
+    and the interpreter's own nested calls (under TRITON_INTERPRET) leave triton.language patched
+    afterwards, which would break later compilations. So the kernels write out ceil-division and
+    grouped ordering, fill with tl.full, and get db from a GEMM against a column of ones.
+  - with TRITON_INTERPRET=1 set before import, triton interprets everything, CUDA tensors included.
+
+float32 dots use TF32 only when torch.backends.cuda.matmul.allow_tf32 says so; the interpreter
+computes in numpy at full precision whatever the setting.
+"""
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton.backends import backends as triton_backends
+
+from .. import ops
+
+try:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    INTERPRETER_RUNS = True
+except ImportError:  # a triton build without the interpreter: no CPU kernels
+    INTERPRETER_RUNS = False
+
+CPU_DTYPES = (torch.float32, torch.float64)
+CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# (tile rows, tile cols, reduction step, num_warps, num_stages). All steps are >= 16: the GPU's
+# fp16/bf16 dots need K >= 16. Large tiles feed the 8192x4096 bf16 layers, the last one the
+# 64-row seed layer; the shared-memory pruner drops the ones too big for 4- and 8-byte dtypes.
+TILES = [
+    (128, 256, 64, 8, 3),
+    (128, 128, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (32, 64, 32, 2, 5),
+]
+GROUP_SIZE = 8
+# The one config of the interpreter (CPU). Its cost is per op, not per element: 64 was fastest
+# on the test shapes (64x1000 -> 100 fwd+bwd: 0.8 s, against 3.9 s at 32 and 1.0 s at 128).
+INTERPRETER_TILE = 64
+
+
+def gemm_configs(rows, cols, step):
+    """TILES as triton.Configs, named after one kernel's block parameters."""
+    return [
+        triton.Config({rows: r, cols: c, step: k, "GROUP_SIZE": GROUP_SIZE}, num_warps=w, num_stages=s)
+        for r, c, k, w, s in TILES
+    ]
+
+
+@functools.cache
+def max_shared_memory(device_index):
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
+def shared_memory_bytes(config, rows, cols, step, a_loads, element_size):
+    """Shared memory of a config's pipelined tiles: per stage, `a_loads` row-tiles (in the backward
+    g and the saved output both stream through) and one column-tile. An upper bound: triton 3.8's
+    sm_90 compiles of every config and dtype allocated at most this (exactly this for most fp16
+    ones, where wgmma reads both tiles from shared memory)."""
+    kw = config.kwargs
+    return (a_loads * kw[rows] + kw[cols]) * kw[step] * element_size * config.num_stages
+
+
+def shared_memory_pruner(rows, cols, step, a_loads):
+    """An early_config_prune that keeps the configs whose tiles fit in the device's shared memory
+    at the dtype of this call (float64 tiles take 4x the bytes of bf16 ones); never none."""
+
+    def prune(configs, named_args, **kwargs):
+        t = next(a for a in named_args.values() if isinstance(a, torch.Tensor))
+        limit = max_shared_memory(t.device.index)
+        size = functools.partial(
+            shared_memory_bytes, rows=rows, cols=cols, step=step, a_loads=a_loads, element_size=t.element_size()
+        )
+        return [c for c in configs if size(c) <= limit] or [min(configs, key=size)]
+
+    return prune
+
+
+def autotune(rows, cols, step, a_loads, key):
+    # The autotuner adds every tensor argument's dtype to `key`: each dtype tunes apart.
+    return triton.autotune(
+        configs=gemm_configs(rows, cols, step),
+        key=key,
+        prune_configs_by={"early_config_prune": shared_memory_pruner(rows, cols, step, a_loads)},
+    )
+
+
+@autotune("BLOCK_M", "BLOCK_N", "BLOCK_K", a_loads=1, key=["M", "N", "K", "HAS_BIAS", "INPUT_PRECISION"])
+@triton.jit
+def linear_relu_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_b, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
+):
+    """out[m, n] = relu(sum_k x[m, k] * w[n, k] + b[n]).
+
+    One program per BLOCK_M x BLOCK_N tile of out, stepping over K by BLOCK_K; bias and ReLU are
+    applied to the accumulator before its single store. Programs run in groups of GROUP_SIZE
+    row-tiles: the group sweeps the columns of out together, so each w tile is read from DRAM once
+    per group rather than once per row-tile."""
+    pid = tl.program_id(0)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    pids_per_group = GROUP_SIZE * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_SIZE
+    group_rows = min(num_pid_m - first_pid_m, GROUP_SIZE)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    # int64 before any product with a stride: offsets pass 2**31 on large tensors.
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=ACC_DTYPE)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        w_t = tl.load(  # the (BLOCK_K, BLOCK_N) tile of w^T
+            w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+            mask=(offs_k[:, None] < K) & (offs_n[None, :] < N),
+            other=0.0,
+        )
+        acc = tl.dot(x, w_t, acc=acc, input_precision=INPUT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n * stride_b, mask=offs_n < N, other=0.0).to(ACC_DTYPE)[None, :]
+    # NaN <= 0 is false, so NaN survives (tl.maximum and where(acc > 0, ...) would drop it).
+    acc = tl.where(acc <= 0, 0.0, acc)
+    tl.store(
+        out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=(offs_m[:, None] < M) & (offs_n[None, :] < N),
+    )
+
+
+@autotune("BLOCK_M", "BLOCK_K", "BLOCK_N", a_loads=2, key=["M", "N", "K", "INPUT_PRECISION"])
+@triton.jit
+def linear_relu_dx_kernel(
+    g_ptr, o_ptr, w_ptr, dx_ptr,
+    M, N, K,
+    stride_gm, stride_gn, stride_om, stride_on, stride_wn, stride_wk, stride_dxm, stride_dxk,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
+):
+    """dx[m, k] = sum_n mask(g)[m, n] * w[n, k], where mask(g) = (out <= 0 ? 0 : g).
+
+    One program per BLOCK_M x BLOCK_K tile of dx, stepping over N by BLOCK_N; each g tile is masked
+    by the matching tile of the saved output as it loads. Grouped along M as in the forward."""
+    pid = tl.program_id(0)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_k = (K + BLOCK_K - 1) // BLOCK_K
+    pids_per_group = GROUP_SIZE * num_pid_k
+    first_pid_m = (pid // pids_per_group) * GROUP_SIZE
+    group_rows = min(num_pid_m - first_pid_m, GROUP_SIZE)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_k = (pid % pids_per_group) // group_rows
+
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.full((BLOCK_M, BLOCK_K), 0, dtype=ACC_DTYPE)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        in_g = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=in_g, other=0.0)
+        o = tl.load(o_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, mask=in_g, other=0.0)
+        g = tl.where(o <= 0, 0.0, g)  # a NaN output passes its gradient, as NaN <= 0 is false
+        w = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+            mask=(offs_n[:, None] < N) & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        acc = tl.dot(g, w, acc=acc, input_precision=INPUT_PRECISION)
+    tl.store(
+        dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
+    )
+
+
+@autotune("BLOCK_N", "BLOCK_K", "BLOCK_M", a_loads=2, key=["M", "N", "K", "COMPUTE_DW", "COMPUTE_DB", "INPUT_PRECISION"])
+@triton.jit
+def linear_relu_dw_db_kernel(
+    g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
+    M, N, K,
+    stride_gm, stride_gn, stride_om, stride_on, stride_xm, stride_xk, stride_dwn, stride_dwk, stride_db,
+    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
+):
+    """dw[n, k] = sum_m mask(g)[m, n] * x[m, k] and db[n] = sum_m mask(g)[m, n].
+
+    One program per BLOCK_N x BLOCK_K tile of dw, stepping over M by BLOCK_M with the masked g^T
+    tile as the left operand; grouped along N. The programs of the first K tile also sum their
+    masked tiles over M into db, as db = mask(g)^T @ 1: the gradient of a weight on an input that
+    is always 1. Each db entry has one writer and a fixed summation order, so db is deterministic
+    without atomics. With COMPUTE_DW off the grid has one K tile and only db is computed."""
+    pid = tl.program_id(0)
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    num_pid_k = (K + BLOCK_K - 1) // BLOCK_K if COMPUTE_DW else 1
+    pids_per_group = GROUP_SIZE * num_pid_k
+    first_pid_n = (pid // pids_per_group) * GROUP_SIZE
+    group_rows = min(num_pid_n - first_pid_n, GROUP_SIZE)
+    pid_n = first_pid_n + (pid % pids_per_group) % group_rows
+    pid_k = (pid % pids_per_group) // group_rows
+
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.full((BLOCK_N, BLOCK_K), 0, dtype=ACC_DTYPE)
+    # 16 columns of ones: the narrowest dot the GPU takes. Every column of db gets the row sums.
+    ones = tl.full((BLOCK_M, 16), 1, dtype=g_ptr.dtype.element_ty)
+    db = tl.full((BLOCK_N, 16), 0, dtype=ACC_DTYPE)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        in_g = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+        g_t = tl.load(g_ptr + offs_n[:, None] * stride_gn + offs_m[None, :] * stride_gm, mask=in_g, other=0.0)
+        o_t = tl.load(o_ptr + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om, mask=in_g, other=0.0)
+        g_t = tl.where(o_t <= 0, 0.0, g_t)
+        if COMPUTE_DW:
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
+                other=0.0,
+            )
+            acc = tl.dot(g_t, x, acc=acc, input_precision=INPUT_PRECISION)
+        if COMPUTE_DB:
+            if pid_k == 0:  # "ieee": a sum never rounds its terms to TF32
+                db = tl.dot(g_t, ones, acc=db, input_precision="ieee")
+    if COMPUTE_DW:
+        tl.store(
+            dw_ptr + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
+            acc.to(dw_ptr.dtype.element_ty),
+            mask=(offs_n[:, None] < N) & (offs_k[None, :] < K),
+        )
+    if COMPUTE_DB:
+        if pid_k == 0:  # column 0 of db holds the sums
+            col = tl.arange(0, 16)
+            tl.store(
+                db_ptr + offs_n[:, None] * stride_db + col[None, :],
+                db.to(db_ptr.dtype.element_ty),
+                mask=(offs_n[:, None] < N) & (col[None, :] == 0),
+            )
+
+
+RELU_BLOCK = 1024
+
+
+@triton.jit
+def relu_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    """out = relu(x) over contiguous memory, one BLOCK of elements per program; NaN passes."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < numel)
+    tl.store(out_ptr + offs, tl.where(x <= 0, 0.0, x), mask=offs < numel)
+
+
+@triton.jit
+def relu_backward_kernel(g_ptr, o_ptr, dx_ptr, numel, BLOCK: tl.constexpr):
+    """dx = (out <= 0 ? 0 : g) over contiguous memory, one BLOCK of elements per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    g = tl.load(g_ptr + offs, mask=offs < numel)
+    o = tl.load(o_ptr + offs, mask=offs < numel)
+    tl.store(dx_ptr + offs, tl.where(o <= 0, 0.0, g), mask=offs < numel)
+
+
+# ---- launching: interpreted twins for CPU tensors, compiled kernels for CUDA -----------------
+
+def python_function(kernel):
+    """The plain Python function under an autotuner and a jit (or interpreter) wrapper."""
+    while hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    return kernel
+
+
+def interpreter_tile(rows, cols, step):
+    return {rows: INTERPRETER_TILE, cols: INTERPRETER_TILE, step: INTERPRETER_TILE, "GROUP_SIZE": GROUP_SIZE}
+
+
+# kernel -> (its interpreted twin, the meta-parameters the autotuner would otherwise choose)
+INTERPRETED = {}
+if INTERPRETER_RUNS:
+    INTERPRETED = {
+        kernel: (InterpretedFunction(python_function(kernel)), meta)
+        for kernel, meta in [
+            (linear_relu_fwd_kernel, interpreter_tile("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+            (linear_relu_dx_kernel, interpreter_tile("BLOCK_M", "BLOCK_K", "BLOCK_N")),
+            (linear_relu_dw_db_kernel, interpreter_tile("BLOCK_N", "BLOCK_K", "BLOCK_M")),
+            (relu_kernel, {}),
+            (relu_backward_kernel, {}),
+        ]
+    }
+
+
+def launch(kernel, device, grid, *args, **meta):
+    """Runs `kernel` over `grid` on `device`: interpreted on CPU, compiled (and autotuned) on CUDA."""
+    if device.type == "cpu":
+        twin, tile = INTERPRETED[kernel]
+        twin[grid](*args, **meta, **tile)
+    else:
+        with torch.cuda.device(device):  # triton launches on the current device's current stream
+            kernel[grid](*args, **meta)
+
+
+# Triton has a compiler for torch's GPU platform. Read without touching the device (no CUDA
+# initialization on import), and a constant to torch.compile, like torch.cuda.is_available().
+HAS_GPU_COMPILER = ("amd" if torch.version.hip else "nvidia") in triton_backends
+
+
+def supports(device_type, dtype):
+    """(device type, dtype) -> the Triton backend has a kernel for it here."""
+    if device_type == "cpu":
+        return INTERPRETER_RUNS and dtype in CPU_DTYPES
+    return device_type == "cuda" and dtype in CUDA_DTYPES and HAS_GPU_COMPILER and torch.cuda.is_available()
+
+
+def check_runs(op, t):
+    if not supports(t.device.type, t.dtype):
+        hint = " (its CPU path, Triton's interpreter, runs float32 and float64)" if t.device.type == "cpu" else ""
+        raise RuntimeError(
+            f"{op}: the triton backend has no kernel for {t.dtype} on {t.device.type}{hint}; "
+            "use backend='auto' or backend='torch'"
+        )
+
+
+def acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def input_precision(t):
+    """The tl.dot precision the torch reference would use: TF32 for float32 only where allowed."""
+    tf32 = t.dtype == torch.float32 and t.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 else "ieee"
+
+
+# ---- the op implementations ----------------------------------------------------------------
+
+def linear_relu(x, weight, bias):
+    # functional imports the backends, which import this module: so the shared checks load late.
+    from ..functional import check_linear_relu_args
+
+    check_linear_relu_args(x, weight, bias)
+    check_runs("linear_relu_triton", x)
+    (N, K), M = weight.shape, math.prod(x.shape[:-1])
+    x2 = x.reshape(M, K)
+    out = x.new_empty((M, N))
+    if M and N:  # an empty output launches nothing; K == 0 runs no k-steps and gives relu(b)
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+        launch(
+            linear_relu_fwd_kernel, x.device, grid,
+            x2, weight, bias, out, M, N, K,
+            *x2.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *out.stride(),
+            HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype(x.dtype), INPUT_PRECISION=input_precision(x),
+        )
+    return out.view(*x.shape[:-1], N)
+
+
+def check_backward_args(grad_out, out, x, weight):
+    from ..functional import check_linear_relu_args
+
+    check_linear_relu_args(x, weight, None)
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        if tuple(t.shape) != out_shape:
+            raise ValueError(
+                f"linear_relu_backward_triton: {name} shape {tuple(t.shape)} does not match x {tuple(x.shape)} "
+                f"and weight {tuple(weight.shape)} (expected {out_shape})"
+            )
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(
+                f"linear_relu_backward_triton: {name} ({t.dtype} on {t.device}) must match x ({x.dtype} on {x.device})"
+            )
+
+
+def grad_x(g, o, weight):
+    """dx (M, K) from g and the saved output o, both (M, N)."""
+    (M, N), K = g.shape, weight.shape[1]
+    dx = g.new_empty((M, K))
+    if N == 0:  # an empty sum
+        return dx.zero_()
+    if M and K:
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
+
+        launch(
+            linear_relu_dx_kernel, g.device, grid,
+            g, o, weight, dx, M, N, K,
+            *g.stride(), *o.stride(), *weight.stride(), *dx.stride(),
+            ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=input_precision(g),
+        )
+    return dx
+
+
+def grad_weight_bias(g, o, x2, want_w, want_b):
+    """(dw, db) from one kernel, None for the one not wanted."""
+    (M, N), K = g.shape, x2.shape[1]
+    dw = g.new_empty((N, K)) if want_w else None
+    db = g.new_empty((N,)) if want_b else None
+    if M == 0:  # empty sums
+        return dw.zero_() if want_w else None, db.zero_() if want_b else None
+    compute_dw = want_w and K > 0
+    if N and (compute_dw or want_b):
+        def grid(meta):
+            return (triton.cdiv(N, meta["BLOCK_N"]) * (triton.cdiv(K, meta["BLOCK_K"]) if compute_dw else 1),)
+
+        launch(
+            linear_relu_dw_db_kernel, g.device, grid,
+            g, o, x2, dw, db, M, N, K,
+            *g.stride(), *o.stride(), *x2.stride(),
+            *(dw.stride() if want_w else (0, 0)), db.stride(0) if want_b else 0,
+            COMPUTE_DW=compute_dw, COMPUTE_DB=want_b, ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=input_precision(g),
+        )
+    return dw, db
+
+
+def linear_relu_backward(grad_out, out, x, weight, output_mask):
+    check_backward_args(grad_out, out, x, weight)
+    check_runs("linear_relu_backward_triton", x)
+    want_x, want_w, want_b = output_mask
+    (N, K), M = weight.shape, math.prod(x.shape[:-1])
+    g, o = grad_out.reshape(M, N), out.reshape(M, N)
+    dx = grad_x(g, o, weight).view(x.shape) if want_x else None
+    dw, db = grad_weight_bias(g, o, x.reshape(M, K), want_w, want_b) if want_w or want_b else (None, None)
+    # Unrequested gradients are empty (0,) tensors, one each: outputs must not alias.
+    return tuple(x.new_empty(0) if grad is None else grad for grad in (dx, dw, db))
+
+
+def elementwise(kernel, op, *tensors):
+    """Runs a ReLU kernel over contiguous copies of `tensors` (views where already contiguous)."""
+    check_runs(op, tensors[0])
+    flat = [t.contiguous() for t in tensors]
+    result = torch.empty_like(flat[0])
+    if result.numel():
+        launch(
+            kernel, result.device, (triton.cdiv(result.numel(), RELU_BLOCK),),
+            *flat, result, result.numel(), BLOCK=RELU_BLOCK,
+        )
+    return result
+
+
+def relu(x):
+    if not x.is_floating_point():
+        raise TypeError(f"relu_triton: x must be a floating-point tensor, got {x.dtype}")
+    return elementwise(relu_kernel, "relu_triton", x)
+
+
+def relu_backward(grad_out, out):
+    if grad_out.shape != out.shape or grad_out.dtype != out.dtype or grad_out.device != out.device:
+        raise ValueError(
+            f"relu_backward_triton: grad_out ({tuple(grad_out.shape)}, {grad_out.dtype}, {grad_out.device}) must "
+            f"match the saved output ({tuple(out.shape)}, {out.dtype}, {out.device})"
+        )
+    return elementwise(relu_backward_kernel, "relu_backward_triton", grad_out, out)
+
+
+# ---- registration: the native schemas under new names, then the shared fakes and autograd ------
+
+def define(native_name, impl):
+    """Defines twolayer_ops::<native_name>_triton with the native op's schema and `impl` for CPU and CUDA."""
+    schema = str(getattr(ops.ops, native_name).default._schema)
+    qualname = f"twolayer_ops::{native_name}_triton"
+    torch.library.define(qualname, schema[schema.index("("):])
+    torch.library.impl(qualname, ("CPU", "CUDA"), impl)
+    return qualname
+
+
+ops.register_backend_ops(
+    define("linear_relu", linear_relu),
+    define("linear_relu_backward", linear_relu_backward),
+    define("relu", relu),
+    define("relu_backward", relu_backward),
+)
