@@ -6,7 +6,7 @@ from .common import draw_raw, prepare, run_loop, sgd_by_hand
 
 
 def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float32, lr=1e-6, log_every=None, on_log=None):
-    dev = prepare(steps, seed, device, backend, dtype)
+    dev, backend_name = prepare(steps, seed, device, backend, dtype)
     x, y, w1, w2 = draw_raw(dev, dtype)
     w1.requires_grad_()
     w2.requires_grad_()
@@ -17,4 +17,4 @@ def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float3
         sgd_by_hand(loss, (w1, w2), lr)
         return loss
 
-    return run_loop("autograd", step, steps, dev, backend, {"w1": w1, "w2": w2}, log_every=log_every, on_log=on_log)
+    return run_loop("autograd", step, steps, dev, backend_name, {"w1": w1, "w2": w2}, log_every=log_every, on_log=on_log)

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from torch import nn
 
-from ..backends import BACKEND_NAMES, available_backends
+from ..backends import BACKEND_NAMES, available_backends, resolve_backend
 
 # The seed's net: batch N, input D_in, hidden H, output D_out.
 N, D_IN, H, D_OUT = 64, 1000, 100, 10
@@ -38,7 +38,8 @@ class TrainResult:
 
 
 def prepare(steps, seed, device, backend, dtype, *, seed_python=False):
-    """Checks the arguments, seeds the generators as the seed's programs are, returns the device."""
+    """Checks the arguments, seeds the generators as the seed's programs do; returns the device
+    and the name of the backend that will run (what "auto" resolves to there)."""
     if not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if backend not in BACKEND_NAMES:
@@ -57,7 +58,7 @@ def prepare(steps, seed, device, backend, dtype, *, seed_python=False):
         import random
 
         random.seed(seed)
-    return dev
+    return dev, resolve_backend(backend, torch.empty(0, device=dev, dtype=dtype)).name
 
 
 class LossLog:

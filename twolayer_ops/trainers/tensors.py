@@ -7,7 +7,7 @@ from .common import draw_raw, prepare, run_loop
 
 
 def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float32, lr=1e-6, log_every=None, on_log=None):
-    dev = prepare(steps, seed, device, backend, dtype)
+    dev, _ = prepare(steps, seed, device, backend, dtype)
     x, y, w1, w2 = draw_raw(dev, dtype)
     ops = resolve_backend(backend, x)
 

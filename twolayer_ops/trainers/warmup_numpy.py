@@ -8,7 +8,7 @@ from .common import D_IN, D_OUT, H, N, TrainResult, prepare
 
 
 def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float32, lr=1e-6, log_every=None, on_log=None):
-    dev = prepare(steps, seed, device, backend, dtype)
+    dev, _ = prepare(steps, seed, device, backend, dtype)
     if dev.type != "cpu":
         raise ValueError("the numpy recipe runs on the CPU only")
     if dtype not in (torch.float32, torch.float64):
