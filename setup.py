@@ -53,7 +53,7 @@ if BUILD_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.
 
 here = os.path.dirname(os.path.abspath(__file__))
 cxx_flags = ["-O3"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
-sources = ["csrc/ops.cpp"]
+sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
 if BUILD_CUDA:
     sources += sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))
     extension = CUDAExtension(

@@ -1,52 +1,109 @@
-"""Microbenchmark of the fused op against PyTorch, every provider timed in the same run.
+"""Microbenchmark of the fused op against what a user would run instead, all in one run.
 
-    python -m benchmarks.linear_relu                       # CPU: the seed layer and 1024^3, float32
-    python -m benchmarks.linear_relu --device cuda --dtype bfloat16 --shapes 8192x4096x4096
+    python -m benchmarks.linear_relu                                  # CPU: fp32, seed sizes and 1024^3
+    python -m benchmarks.linear_relu --device cuda --dtypes bfloat16 --shapes 8192x4096x4096
 
-Shapes are MxKxN (x is M x K, weight N x K). Each row reports the median time and its ratio to
-eager relu(F.linear(...)) measured in the same process; > 1 means faster than eager.
-GPU times are triton.testing.do_bench medians (p20/p80 alongside); CPU times are
-torch.utils.benchmark medians. Warm-up runs are excluded.
+Providers: native, triton (the backends); eager relu(F.linear(...)) (the reference every speedup
+is taken against); addmm_act (torch._addmm_activation, the cuBLASLt ReLU epilogue: CUDA, forward
+only); compile (torch.compile of eager); mm (plain torch.mm: one GEMM forward, two backward,
+three for both: the ceiling a fused kernel should reach). Shapes are MxKxN (x is M x K, weight
+N x K). Modes: fwd, bwd (the backward alone, after one untimed forward), fwdbwd.
+
+GPU times are triton.testing.do_bench medians with p20/p80, and the inputs rotate through enough
+copies to spill L2 when one set would fit; CPU times are torch.utils.benchmark medians. The first
+call (autotuning, compilation) is timed apart and reported as the "warmup" metric.
 """
 import argparse
-import csv
-import datetime
-import platform
+import itertools
+import math
 import sys
+import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import twolayer_ops
 from tests.reference import linear_relu_ref
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_SHAPES = {"cpu": "64x1000x100,1024x1024x1024", "cuda": "64x1000x100,8192x4096x4096,4096x4096x4096"}
+from .results import Row, device_name, print_markdown, write_csv
+
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODES = ("fwd", "bwd", "fwdbwd")
+GPU_SHAPES = "64x1000x100,64x100x10,1024x1024x1024,4096x4096x4096,8192x4096x4096,8192x4096x16384,8192x8192x8192"
+DEFAULTS = {
+    "cpu": {"shapes": "64x1000x100,64x100x10,1024x1024x1024", "dtypes": "float32"},
+    "cuda": {"shapes": GPU_SHAPES, "dtypes": "float32,tf32,bfloat16,float16"},
+}
 
 
-def providers(device):
-    """name -> f(x, w, b). "eager" is the reference every ratio is taken against."""
+def _mm_ceiling(mode):
+    """The GEMMs of each mode, with nothing else: torch.mm (cuBLAS / BLAS)."""
+    if mode == "fwd":
+        return lambda x, w, b, g: torch.mm(x, w.t())
+    if mode == "bwd":
+        return lambda x, w, b, g: (torch.mm(g, w), torch.mm(g.t(), x))
+    return lambda x, w, b, g: (torch.mm(x, w.t()), torch.mm(g, w), torch.mm(g.t(), x))
+
+
+def providers(device, names=None):
+    """name -> f(x, w, b) for the differentiable providers; "mm" and "addmm_act" are handled apart."""
     found = {"eager": linear_relu_ref}
     for backend in twolayer_ops.available_backends(device):
-        if backend != "torch":
+        if backend != "torch" and (device == "cuda" or backend != "triton"):  # interpreted triton is no timing path
             found[backend] = lambda x, w, b, backend=backend: twolayer_ops.linear_relu(x, w, b, backend=backend)
+    if names and "triton" in names and "triton" not in found and "triton" in twolayer_ops.available_backends(device):
+        found["triton"] = lambda x, w, b: twolayer_ops.linear_relu(x, w, b, backend="triton")
+    found["compile"] = torch.compile(linear_relu_ref, dynamic=False)
+    if device == "cuda":
+        found["addmm_act"] = lambda x, w, b: torch._addmm_activation(b, x, w.t(), use_gelu=False)
+    found["mm"] = None
     return found
 
 
-def make_inputs(m, k, n, dtype, device, requires_grad):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(m, k, generator=g).to(device, dtype)
-    w = (torch.randn(n, k, generator=g) / k**0.5).to(device, dtype)
-    b = torch.randn(n, generator=g).to(device, dtype)
-    for t in (x, w, b):
-        t.requires_grad_(requires_grad)
-    return x, w, b, torch.randn(m, n, generator=g).to(device, dtype)
+def make_sets(m, k, n, dtype, device, requires_grad, copies):
+    g = torch.Generator().manual_seed(0)
+    sets = []
+    for _ in range(copies):
+        x = torch.randn(m, k, generator=g).to(device, dtype).requires_grad_(requires_grad)
+        w = (torch.randn(n, k, generator=g) / math.sqrt(max(k, 1))).to(device, dtype).requires_grad_(requires_grad)
+        b = torch.randn(n, generator=g).to(device, dtype).requires_grad_(requires_grad)
+        sets.append((x, w, b, torch.randn(m, n, generator=g).to(device, dtype)))
+    return sets
 
 
-def workload(fn, mode, x, w, b, grad):
+def copies_to_spill_l2(m, k, n, dtype, device):
+    if device != "cuda":
+        return 1
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    bytes_per_set = (m * k + n * k + n + 2 * m * n) * torch.empty(0, dtype=dtype).element_size()
+    return 1 if bytes_per_set > l2 else min(64, math.ceil(2 * l2 / bytes_per_set))
+
+
+def workload(name, fn, mode, sets):
+    """A zero-argument callable doing one `mode` step, taking the next input set each call."""
+    if name == "mm":
+        gemms = _mm_ceiling(mode)
+        cycle = itertools.cycle(sets)
+        return lambda: gemms(*next(cycle))
     if mode == "fwd":
-        return lambda: fn(x, w, b)
-    return lambda: torch.autograd.grad(fn(x, w, b), (x, w, b), grad)
+        cycle = itertools.cycle(sets)
+
+        def fwd():
+            x, w, b, _ = next(cycle)
+            return fn(x, w, b)
+
+        return fwd
+    if mode == "fwdbwd":
+        cycle = itertools.cycle(sets)
+
+        def fwdbwd():
+            x, w, b, g = next(cycle)
+            return torch.autograd.grad(fn(x, w, b), (x, w, b), g)
+
+        return fwdbwd
+    graphs = itertools.cycle([(fn(x, w, b), (x, w, b), g) for x, w, b, g in sets])  # forward outside the timing
+    return lambda: torch.autograd.grad(*next(graphs), retain_graph=True)
 
 
 def time_us(run, device):
@@ -54,84 +111,128 @@ def time_us(run, device):
     if device == "cuda":
         import triton.testing
 
-        p50, p20, p80 = triton.testing.do_bench(run, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-        return p50 * 1e3, p20 * 1e3, p80 * 1e3
+        return tuple(t * 1e3 for t in triton.testing.do_bench(run, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
     import torch.utils.benchmark as benchmark
 
-    m = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=0.5
-    )
-    times = sorted(m.times)
-    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
-    return m.median * 1e6, pick(0.2) * 1e6, pick(0.8) * 1e6
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    times = sorted(timer.blocked_autorange(min_run_time=0.5).times)
+    at = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e6  # noqa: E731
+    return at(0.5), at(0.2), at(0.8)
+
+
+def saved_bytes(fn, x, w, b):
+    """Bytes autograd keeps for backward across one forward (inputs that are saved count too)."""
+    total = []
+
+    def pack(t):
+        total.append(t.untyped_storage().nbytes() if t.numel() else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x, w, b)
+    return sum(total)
+
+
+def peak_bytes(run, device):
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def flops(m, k, n, mode):
-    return 2 * m * k * n * (1 if mode == "fwd" else 3)
+    return 2 * m * k * n * {"fwd": 1, "bwd": 2, "fwdbwd": 3}[mode]
 
 
-def run(args):
-    device = args.device
-    dtype = DTYPES[args.dtype]
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    found = providers(device)
-    chosen = [p for p in args.providers.split(",")] if args.providers else list(found)
-    unknown = [p for p in chosen if p not in found]
+def applicable(name, mode, device):
+    return not (name == "addmm_act" and mode != "fwd")
+
+
+def run(device, shapes, dtypes, modes, provider_names=None, progress=True):
+    found = providers(device, provider_names)
+    names = provider_names or list(found)
+    unknown = [p for p in names if p not in found]
     if unknown:
-        sys.exit(f"provider(s) {', '.join(unknown)} not available on {device}; available: {', '.join(found)}")
-    if "eager" not in chosen:
-        chosen.insert(0, "eager")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    jobs = [(s, mode, p) for s in shapes for mode in args.modes.split(",") for p in chosen]
+        raise SystemExit(f"provider(s) {', '.join(unknown)} not available on {device}; available: {', '.join(found)}")
+    names = list(dict.fromkeys(["eager", "mm", *names]))  # the two references of every ratio
+    jobs = [(s, dt, mode, p) for s in shapes for dt in dtypes for mode in modes for p in names if applicable(p, mode, device)]
     rows = []
-    for (m, k, n), mode, name in tqdm(jobs, desc="benchmark", unit="case", file=sys.stderr):
-        x, w, b, grad = make_inputs(m, k, n, dtype, device, requires_grad=(mode != "fwd"))
-        p50, p20, p80 = time_us(workload(found[name], mode, x, w, b, grad), device)
-        rows.append(
-            {"shape": f"{m}x{k}x{n}", "mode": mode, "provider": name, "dtype": args.dtype, "p50_us": p50,
-             "p20_us": p20, "p80_us": p80, "tflops": flops(m, k, n, mode) / p50 / 1e6}
-        )
-    eager = {(r["shape"], r["mode"]): r["p50_us"] for r in rows if r["provider"] == "eager"}
-    for r in rows:
-        r["speedup_vs_eager"] = eager[(r["shape"], r["mode"])] / r["p50_us"]
+    for (m, k, n), dt_name, mode, name in tqdm(jobs, desc="linear_relu", unit="case", file=sys.stderr, disable=not progress):
+        dtype = DTYPES[dt_name]
+        torch.backends.cuda.matmul.allow_tf32 = dt_name == "tf32"
+        sets = make_sets(m, k, n, dtype, device, mode != "fwd", copies_to_spill_l2(m, k, n, dtype, device))
+        run_once = workload(name, found[name], mode, sets)
+        start = time.perf_counter()
+        run_once()  # autotuning / compilation / lazy init: timed apart
+        if device == "cuda":
+            torch.cuda.synchronize()
+        warm_ms = (time.perf_counter() - start) * 1e3
+        p50, p20, p80 = time_us(run_once, device)
+        key = dict(op="linear_relu", provider=name, mode=mode, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
+        rows.append(Row(**key, metric="time", unit="us", p50=p50, p20=p20, p80=p80))
+        rows.append(Row(**key, metric="tflops", unit="TFLOP/s", p50=flops(m, k, n, mode) / p50 / 1e6))
+        rows.append(Row(**key, metric="warmup", unit="ms", p50=warm_ms))
+        if mode == "fwd" and name not in ("mm", "addmm_act"):
+            x, w, b, _ = sets[0]
+            with torch.enable_grad():
+                xs = [t.detach().requires_grad_() for t in (x, w, b)]
+                rows.append(Row(**key, metric="saved_for_backward", unit="MB", p50=saved_bytes(found[name], *xs) / 2**20))
+        peak = peak_bytes(run_once, device)
+        if peak is not None:
+            rows.append(Row(**key, metric="peak_memory", unit="MB", p50=peak / 2**20))
+        del sets, run_once
+    add_ratios(rows)
     return rows
 
 
-def device_name(device):
-    return torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
+def add_ratios(rows):
+    """fraction of the same run's torch.mm time (>= 1; 1.00 is the ceiling) and speedup over eager."""
+    times = {(r.shape, r.dtype, r.mode, r.provider): r.p50 for r in rows if r.metric == "time"}
+    for r in [r for r in rows if r.metric == "time"]:
+        key = dict(op=r.op, provider=r.provider, mode=r.mode, shape=r.shape, dtype=r.dtype, tf32=r.tf32)
+        mm = times.get((r.shape, r.dtype, r.mode, "mm"))
+        eager = times.get((r.shape, r.dtype, r.mode, "eager"))
+        if mm:
+            rows.append(Row(**key, metric="time_over_mm", unit="x", p50=r.p50 / mm))
+        if eager:
+            rows.append(Row(**key, metric="speedup_vs_eager", unit="x", p50=eager / r.p50))
 
 
-def print_table(rows, device):
-    print(f"\n{device_name(device)}, torch {torch.__version__}, {datetime.date.today()}\n")
-    print("| shape MxKxN | mode | provider | dtype | p50 us | TFLOP/s | speedup vs eager |")
-    print("|---|---|---|---|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['shape']} | {r['mode']} | {r['provider']} | {r['dtype']} | {r['p50_us']:.1f} | "
-            f"{r['tflops']:.3f} | {r['speedup_vs_eager']:.2f}x |"
-        )
-
-
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmuls (CUDA)")
     parser.add_argument("--shapes", help="comma-separated MxKxN (default depends on the device)")
-    parser.add_argument("--modes", default="fwd,fwdbwd")
+    parser.add_argument("--dtypes", help="comma-separated from float32, tf32, bfloat16, float16")
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--providers", help="comma-separated subset (default: all available)")
-    parser.add_argument("--csv", help="also write the rows to this CSV file")
+    parser.add_argument("--csv", help="write the rows to this CSV file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
-    args.shapes = args.shapes or DEFAULT_SHAPES[args.device]
-    rows = run(args)
-    print_table(rows, args.device)
+    d = DEFAULTS[args.device]
+    args.shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or d["shapes"]).split(",")]
+    args.dtypes = (args.dtypes or d["dtypes"]).split(",")
+    args.modes = args.modes.split(",")
+    args.providers = args.providers.split(",") if args.providers else None
+    bad = [t for t in args.dtypes if t not in DTYPES] + [m for m in args.modes if m not in MODES]
+    if bad or any(len(s) != 3 for s in args.shapes):
+        parser.error(f"bad --dtypes/--modes/--shapes: {', '.join(bad) or args.shapes}")
+    if args.device == "cpu" and any(t not in ("float32",) for t in args.dtypes):
+        parser.error("the CPU run measures float32 (the native CPU kernels' fast dtype)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = run(args.device, args.shapes, args.dtypes, args.modes, args.providers)
+    print(f"\n{device_name(args.device)}\n")
+    print_markdown(rows)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device"])
-            writer.writeheader()
-            writer.writerows({**r, "device": device_name(args.device)} for r in rows)
+        write_csv(rows, args.csv, args.device)
 
 
 if __name__ == "__main__":

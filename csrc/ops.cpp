@@ -134,6 +134,11 @@ TORCH_LIBRARY(twolayer_ops, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("relu(Tensor x) -> Tensor");
   m.def("relu_backward(Tensor grad_out, Tensor out) -> Tensor");
+  // The seed net's whole training step (forward, MSE-sum loss, backward, optimizer update) in one
+  // call; returns the loss. Kernels: train_step.cpp (CPU), cuda/train_step.cu (CUDA).
+  m.def("two_layer_step(Tensor x, Tensor y, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state, "
+        "str optimizer, float lr, float momentum, float beta1, float beta2, float eps, int step, float loss_scale, "
+        "bool update) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(twolayer_ops, CPU, m) {

@@ -1,9 +1,10 @@
-"""The command line: `twolayer-ops train | check`.
+"""The command line: `twolayer-ops train | bench | check`.
 
     twolayer-ops train optim                       # the seed's Adam program on the fused op
     twolayer-ops train all --steps 200             # every recipe, one table
     twolayer-ops train grad_accum --plot loss.png --print-every 50
     torchrun --nproc_per_node=2 -m twolayer_ops.train optim --ddp
+    twolayer-ops bench --device cpu                # kernel + trainer benchmarks, CSV, plots, report
     twolayer-ops check                             # the kernels against the reference, every backend here
 """
 import argparse
@@ -29,6 +30,8 @@ def _train_one(name, args, show_progress):
         kwargs["lr"] = args.lr
     if args.ddp:
         kwargs["ddp"] = True
+    if args.fused_step:
+        kwargs["fused_step"] = True
     bars = []  # made at the first log, so argument errors print before any bar
 
     def on_log(first_step, losses):
@@ -71,9 +74,15 @@ def _plot(results, path):
 
 
 def cmd_train(args):
-    from .trainers import DDP_RECIPES, RECIPES
+    from .trainers import DDP_RECIPES, FUSED_STEP_RECIPES, RECIPES
 
     names = list(RECIPES) if args.recipe == "all" else [args.recipe]
+    if args.fused_step:
+        if args.recipe == "all":
+            names = list(FUSED_STEP_RECIPES)
+        bad = [n for n in names if n not in FUSED_STEP_RECIPES]
+        if bad:
+            return _fail(f"--fused-step runs the two-layer recipes ({', '.join(FUSED_STEP_RECIPES)}), not {', '.join(bad)}")
     if args.ddp:
         bad = [n for n in names if n not in DDP_RECIPES]
         if bad:
@@ -146,6 +155,18 @@ def cmd_check(args):
     return 1 if failures else 0
 
 
+def cmd_bench(args):
+    """The benchmark suite lives beside the package, in the source checkout (benchmarks/)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, "benchmarks")):
+        return _fail("the benchmarks ship with the source checkout: install it with `pip install -e .` from a clone")
+    sys.path.insert(0, root)
+    from benchmarks import report
+
+    report.main(args.bench_args, prog="twolayer-ops bench")
+    return 0
+
+
 def _fail(message):
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -168,15 +189,25 @@ def build_parser():
     train.add_argument("--print-every", type=int, default=0, metavar="N", help="print the loss every N steps")
     train.add_argument("--plot", metavar="FILE", help="write the loss curve to this PNG")
     train.add_argument("--ddp", action="store_true", help="DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA)")
+    train.add_argument("--fused-step", action="store_true",
+                       help="each step one fused op call: forward, loss, backward and update (nn, grad_accum, optim, module)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+    bench = sub.add_parser("bench", help="run the benchmark suite (its arguments: twolayer-ops bench --help)",
+                           add_help=False)
+    bench.set_defaults(func=cmd_bench)
     check = sub.add_parser("check", help="check every available backend against the reference")
     check.set_defaults(func=cmd_check)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest  # all of them belong to benchmarks.report
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

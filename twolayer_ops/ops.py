@@ -81,6 +81,11 @@ def _resolve(qualname):
     return getattr(getattr(torch.ops, namespace), name).default
 
 
+@torch.library.register_fake("twolayer_ops::two_layer_step")
+def two_layer_step_fake(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps, step, loss_scale, update):
+    return x.new_empty(())
+
+
 register_backend_ops(
     "twolayer_ops::linear_relu",
     "twolayer_ops::linear_relu_backward",

@@ -18,5 +18,7 @@ RECIPES = {
     "dynamic": dynamic.train,
 }
 DDP_RECIPES = ("nn", "grad_accum", "optim", "module", "dynamic")
+# The two-layer nets; dynamic's shared middle layer makes a deeper net, which the fused step is not.
+FUSED_STEP_RECIPES = ("nn", "grad_accum", "optim", "module")
 
-__all__ = ["RECIPES", "DDP_RECIPES", "TrainResult"]
+__all__ = ["RECIPES", "DDP_RECIPES", "FUSED_STEP_RECIPES", "TrainResult"]

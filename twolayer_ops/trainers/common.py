@@ -151,11 +151,24 @@ def sgd_by_hand(loss, weights, lr):
 
 
 def fit(recipe, model, x, y, dev, backend, *, steps, optimizer=None, lr=None, accumulation_steps=1,
-        ddp=False, find_unused_parameters=False, log_every=None, on_log=None):
+        ddp=False, find_unused_parameters=False, fused_step=False, log_every=None, on_log=None):
     """The seed's nn-style loop: MSE-sum loss, backward, then an optimizer step or the manual
-    update `p -= lr * p.grad` every `accumulation_steps` micro-steps (the loss divided by it)."""
+    update `p -= lr * p.grad` every `accumulation_steps` micro-steps (the loss divided by it).
+    fused_step: the same training, each step one two_layer_step op call (FusedTwoLayerStep)."""
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    if fused_step:
+        if ddp:
+            raise ValueError("the fused step trains in one process: drop ddp")
+        from ..fused_step import FusedTwoLayerStep, two_layers
+
+        layers = two_layers(model)
+        if optimizer is not None:
+            stepper = FusedTwoLayerStep.from_optimizer(*layers, optimizer, accumulation_steps)
+        else:
+            stepper = FusedTwoLayerStep(*layers, "sgd", lr=lr, accumulation_steps=accumulation_steps)
+        return run_loop(recipe, lambda n: stepper(x, y), steps, dev, "fused_step", model, log_every=log_every,
+                        on_log=on_log)
     loss_fn = nn.MSELoss(reduction="sum")
     net, x, y, scale = (
         shard_for_ddp(model, x, y, dev, find_unused_parameters=find_unused_parameters) if ddp else (model, x, y, 1.0)

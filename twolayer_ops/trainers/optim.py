@@ -7,10 +7,10 @@ from .common import D_IN, D_OUT, H, N, fit, prepare
 
 
 def train(steps=500, *, seed=0, device="cpu", backend="auto", dtype=torch.float32, lr=1e-4, log_every=None,
-          on_log=None, ddp=False):
+          on_log=None, ddp=False, fused_step=False):
     dev, backend_name = prepare(steps, seed, device, backend, dtype)
     x, y = torch.randn(N, D_IN, device=dev).to(dtype), torch.randn(N, D_OUT, device=dev).to(dtype)
     model = nn.Sequential(FusedLinearReLU(D_IN, H, backend=backend), nn.Linear(H, D_OUT)).to(dev, dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr)
-    return fit("optim", model, x, y, dev, backend_name, steps=steps, optimizer=optimizer, ddp=ddp,
+    return fit("optim", model, x, y, dev, backend_name, steps=steps, optimizer=optimizer, ddp=ddp, fused_step=fused_step,
                log_every=log_every, on_log=on_log)

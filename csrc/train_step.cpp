@@ -1,0 +1,124 @@
+// The fused training step of the seed's net on the CPU: one call does forward, loss, backward
+// and the optimizer update, with no Python between the pieces.
+//   h = relu(x W1^T + b1);  y_pred = h W2^T + b2;  loss = sum((y_pred - y)^2)
+// Gradients of loss * loss_scale are added to the accumulators in `grads`; when `update` is true
+// the optimizer steps every parameter and the accumulators are zeroed. The optimizer formulas are
+// torch.optim's (SGD, SGD with momentum and dampening 0, Adam without weight decay or amsgrad).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+
+#include "train_step.h"
+
+namespace twolayer_ops {
+namespace {
+
+constexpr int64_t kGrain = 16384;
+
+template <typename T>
+void sgd(T* p, const T* g, int64_t n, T lr) {
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] -= lr * g[i];
+  });
+}
+
+// torch.optim.SGD(momentum=m): buf = m * buf + g (the zero-initialized buffer makes step 1 buf = g).
+template <typename T>
+void momentum_sgd(T* p, const T* g, T* buf, int64_t n, T lr, T m) {
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      buf[i] = m * buf[i] + g[i];
+      p[i] -= lr * buf[i];
+    }
+  });
+}
+
+// torch.optim.Adam, single-tensor formulas: lerp for the first moment, then
+// p -= step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps).
+template <typename T>
+void adam(T* p, const T* g, T* m, T* v, int64_t n, double lr, double beta1, double beta2, double eps, int64_t step) {
+  const double bc1 = 1 - std::pow(beta1, double(step)), bc2 = 1 - std::pow(beta2, double(step));
+  const T step_size = T(lr / bc1), bc2_sqrt = T(std::sqrt(bc2)), w = T(1 - beta1), b2 = T(beta2),
+          one_minus_b2 = T(1 - beta2), e = T(eps);
+  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; ++i) {
+      m[i] = w < T(0.5) ? m[i] + w * (g[i] - m[i]) : g[i] - (g[i] - m[i]) * (T(1) - w);
+      v[i] = v[i] * b2 + one_minus_b2 * g[i] * g[i];
+      p[i] -= step_size * (m[i] / (std::sqrt(v[i]) / bc2_sqrt + e));
+    }
+  });
+}
+
+at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList params, at::TensorList grads,
+                              at::TensorList state, c10::string_view optimizer_view, double lr, double momentum,
+                              double beta1, double beta2, double eps, int64_t step, double loss_scale, bool update) {
+  const std::string optimizer(optimizer_view);
+  check_step_args(x, y, params, grads, state, optimizer);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "two_layer_step: the CPU step supports float32 and float64, got ", x.scalar_type());
+  TORCH_CHECK(!update || optimizer != "adam" || step >= 1, "two_layer_step: Adam's step count starts at 1, got ", step);
+  const at::Tensor &w1 = params[0], &b1 = params[1], &w2 = params[2], &b2 = params[3];
+  const int64_t n = x.size(0), hidden = w1.size(0), d_out = w2.size(0);
+  at::Tensor loss = at::empty({}, x.options());
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "two_layer_step_cpu", [&] {
+    using T = scalar_t;
+    // Forward: h = relu(x W1^T + b1), one pass after BLAS; y_pred = b2 + h W2^T.
+    at::Tensor h = at::mm(x, w1.t());
+    T* hp = h.data_ptr<T>();
+    const T* b1p = b1.const_data_ptr<T>();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < hidden; ++j) {
+        const T v = hp[i * hidden + j] + b1p[j];
+        hp[i * hidden + j] = v <= T(0) ? T(0) : v;
+      }
+    at::Tensor gy = at::addmm(b2, h, w2.t());
+    // Loss and its gradient in one pass: gy = 2 * scale * (y_pred - y), in place of y_pred.
+    const at::Tensor yc = y.contiguous();
+    const T* yp = yc.const_data_ptr<T>();
+    T* g = gy.data_ptr<T>();
+    double total = 0;
+    const T two_scale = T(2 * loss_scale);
+    for (int64_t i = 0; i < n * d_out; ++i) {
+      const T d = g[i] - yp[i];
+      total += double(d) * double(d);
+      g[i] = two_scale * d;
+    }
+    loss.fill_(total);
+    // Backward: layer 2, then the masked hidden gradient, then layer 1.
+    grads[2].addmm_(gy.t(), h);
+    grads[3].add_(gy.sum(0));
+    at::Tensor gh = at::mm(gy, w2);
+    T* ghp = gh.data_ptr<T>();
+    for (int64_t i = 0; i < n * hidden; ++i)
+      if (hp[i] <= T(0)) ghp[i] = T(0);
+    grads[0].addmm_(gh.t(), x);
+    grads[1].add_(gh.sum(0));
+
+    if (update) {
+      for (size_t i = 0; i < 4; ++i) {
+        T* p = params[i].data_ptr<T>();
+        const T* gr = grads[i].const_data_ptr<T>();
+        const int64_t len = params[i].numel();
+        if (optimizer == "sgd") {
+          sgd(p, gr, len, T(lr));
+        } else if (optimizer == "momentum") {
+          momentum_sgd(p, gr, state[i].data_ptr<T>(), len, T(lr), T(momentum));
+        } else {
+          adam(p, gr, state[i].data_ptr<T>(), state[4 + i].data_ptr<T>(), len, lr, beta1, beta2, eps, step);
+        }
+        grads[i].zero_();
+      }
+    }
+  });
+  return loss;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(twolayer_ops, CPU, m) { m.impl("two_layer_step", &two_layer_step_cpu); }
+
+}  // namespace twolayer_ops

@@ -1,0 +1,86 @@
+"""The fused training step: forward, MSE-sum loss, backward and the optimizer update of a two-layer
+net (Linear+ReLU, then Linear) in one op call, torch.ops.twolayer_ops.two_layer_step."""
+import torch
+from torch import nn
+
+from .ops import ops
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def _supported_optimizer(optimizer):
+    """(name, hyperparameters) for a torch.optim optimizer the fused step reproduces exactly."""
+    d = optimizer.defaults
+    if isinstance(optimizer, torch.optim.Adam):
+        if d.get("weight_decay") or d.get("amsgrad") or d.get("maximize"):
+            raise ValueError("the fused step runs Adam without weight_decay, amsgrad or maximize")
+        return "adam", {"lr": d["lr"], "betas": d["betas"], "eps": d["eps"]}
+    if type(optimizer) is torch.optim.SGD:
+        if d.get("weight_decay") or d.get("dampening") or d.get("nesterov") or d.get("maximize"):
+            raise ValueError("the fused step runs SGD without weight_decay, dampening, nesterov or maximize")
+        return ("momentum" if d["momentum"] else "sgd"), {"lr": d["lr"], "momentum": d["momentum"]}
+    raise ValueError(f"the fused step runs torch.optim.SGD and Adam, not {type(optimizer).__name__}")
+
+
+class FusedTwoLayerStep:
+    """Trains `linear1` (followed by ReLU) and `linear2` in place, one op call per step.
+
+    step = FusedTwoLayerStep(model[0], model[1], "adam", lr=1e-4)
+    loss = step(x, y)              # a 0-d tensor on the device; no host sync
+
+    optimizer: "sgd", "momentum" (SGD with momentum) or "adam", with torch.optim's formulas and
+    defaults. With accumulation_steps=k, each call adds the gradient of loss / k and every k-th call
+    updates, as loss.backward() and optimizer.step() would. The gradient accumulators and optimizer
+    state live here, not in the modules' .grad."""
+
+    def __init__(self, linear1, linear2, optimizer="adam", *, lr, momentum=0.0, betas=(0.9, 0.999), eps=1e-8,
+                 accumulation_steps=1):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if optimizer == "momentum" and not momentum:
+            raise ValueError("optimizer 'momentum' needs momentum > 0")
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        if linear1.bias is None or linear2.bias is None:
+            raise ValueError("the fused step trains layers with biases")
+        self.params = [linear1.weight, linear1.bias, linear2.weight, linear2.bias]
+        if not all(p.is_contiguous() for p in self.params):
+            raise ValueError("the fused step updates contiguous parameters in place")
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        n_state = {"sgd": 0, "momentum": 4, "adam": 8}[optimizer]  # Adam: 4 first, then 4 second moments
+        self.state = [torch.zeros_like(self.params[i % 4]) for i in range(n_state)]
+        self.optimizer = optimizer
+        self.lr, self.momentum, self.betas, self.eps = lr, momentum, tuple(betas), eps
+        self.accumulation_steps = accumulation_steps
+        self.calls = 0
+        self.updates = 0
+
+    @classmethod
+    def from_optimizer(cls, linear1, linear2, optimizer, accumulation_steps=1):
+        """The fused twin of a torch.optim optimizer over exactly these two layers' parameters."""
+        name, hyper = _supported_optimizer(optimizer)
+        return cls(linear1, linear2, name, accumulation_steps=accumulation_steps, **hyper)
+
+    def __call__(self, x, y):
+        self.calls += 1
+        update = self.calls % self.accumulation_steps == 0
+        self.updates += update
+        with torch.no_grad():
+            return ops.two_layer_step(
+                x, y, [p.detach() for p in self.params], self.grads, self.state, self.optimizer, self.lr,
+                self.momentum, self.betas[0], self.betas[1], self.eps, max(self.updates, 1),
+                1.0 / self.accumulation_steps, update,
+            )
+
+
+def two_layers(model):
+    """(linear1, linear2) of the seed's two-layer nets: TwoLayerNet, Sequential(FusedLinearReLU, Linear)
+    or Sequential(Linear, ReLU, Linear); a clear error for anything else."""
+    from .modules import FusedLinearReLU, TwoLayerNet
+
+    if isinstance(model, TwoLayerNet):
+        return model.linear1, model.linear2
+    kinds = [type(m) for m in model] if isinstance(model, nn.Sequential) else None
+    if kinds in ([FusedLinearReLU, nn.Linear], [nn.Linear, nn.ReLU, nn.Linear]):
+        return model[0], model[-1]
+    raise ValueError(f"the fused step trains Linear+ReLU -> Linear nets, not {model.__class__.__name__}")
