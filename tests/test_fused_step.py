@@ -1,0 +1,131 @@
+"""The fused training step against torch.optim and against the seed's programs."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.library import opcheck
+
+from twolayer_ops.fused_step import FusedTwoLayerStep, two_layers
+from twolayer_ops.trainers import FUSED_STEP_RECIPES, RECIPES
+
+from . import seed_programs
+from .test_trainers import assert_same_curve
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=1e-3),
+    "momentum": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+}
+
+
+def small_net(device, dtype, seed=0, sizes=(16, 20, 8, 3)):
+    torch.manual_seed(seed)
+    n, d_in, h, d_out = sizes
+    x, y = torch.randn(n, d_in, dtype=dtype), torch.randn(n, d_out, dtype=dtype)
+    net = nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), nn.Linear(h, d_out)).to(dtype)
+    return x.to(device), y.to(device), net.to(device)
+
+
+def torch_training(x, y, net, make_optimizer, steps, accumulation_steps):
+    optimizer = make_optimizer(net.parameters())
+    losses = []
+    for n in range(steps):
+        loss = nn.functional.mse_loss(net(x), y, reduction="sum")
+        losses.append(loss.item())
+        (loss / accumulation_steps).backward()
+        if (n + 1) % accumulation_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+    return losses
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("accumulation_steps", [1, 3])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_matches_torch_optim(device, optimizer, accumulation_steps, dtype):
+    x, y, net = small_net(device, dtype)
+    fused_net = copy.deepcopy(net)
+    want = torch_training(x, y, net, OPTIMIZERS[optimizer], steps=30, accumulation_steps=accumulation_steps)
+    step = FusedTwoLayerStep.from_optimizer(*two_layers(fused_net), OPTIMIZERS[optimizer](fused_net.parameters()),
+                                            accumulation_steps=accumulation_steps)
+    got = [step(x, y).item() for _ in range(30)]
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    for (name, p), q in zip(fused_net.named_parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=rtol, msg=lambda m: f"{name}: {m}")
+    assert step.updates == 30 // accumulation_steps
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recipe", FUSED_STEP_RECIPES)
+def test_recipe_fused_step_matches_seed_program(device, recipe):
+    want_losses, want_params = seed_programs.PROGRAMS[recipe](steps=500, seed=0, device=device)
+    fused = RECIPES[recipe](steps=500, seed=0, device=device, fused_step=True)
+    unfused = RECIPES[recipe](steps=500, seed=0, device=device)
+    assert fused.backend == "fused_step"
+    assert_same_curve(fused.losses, want_losses, "fused vs seed")
+    assert_same_curve(fused.losses, unfused.losses, "fused vs unfused")
+    for (name, got), want in zip(fused.model.state_dict().items(), want_params.values()):
+        atol = 1e-3 * want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def test_loss_stays_on_the_device_and_is_a_tensor():
+    x, y, net = small_net("cpu", torch.float32)
+    with torch.no_grad():
+        want = nn.functional.mse_loss(net(x), y, reduction="sum")  # the loss before this step's update
+    loss = FusedTwoLayerStep(*two_layers(net), "sgd", lr=1e-3)(x, y)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+
+
+def test_opcheck():
+    x, y, net = small_net("cpu", torch.float64)
+    step = FusedTwoLayerStep(*two_layers(net), "adam", lr=1e-3)
+    params = [p.detach() for p in step.params]
+    args = (x, y, params, step.grads, step.state, "adam", 1e-3, 0.0, 0.9, 0.999, 1e-8, 1, 1.0, True)
+    opcheck(torch.ops.twolayer_ops.two_layer_step, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize(
+    "make,error,message",
+    [
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.RMSprop(net.parameters())), ValueError, "SGD and Adam, not RMSprop"),
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.Adam(net.parameters(), weight_decay=0.1)), ValueError, "without weight_decay"),
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.SGD(net.parameters(), lr=1, nesterov=True, momentum=0.9)), ValueError, "nesterov"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "lion", lr=1), ValueError, "optimizer must be one of"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "momentum", lr=1), ValueError, "momentum > 0"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "sgd", lr=1, accumulation_steps=0), ValueError, "accumulation_steps"),
+        (lambda net: FusedTwoLayerStep(nn.Linear(20, 8, bias=False), net[2], "sgd", lr=1), ValueError, "biases"),
+        (lambda net: two_layers(nn.Sequential(net[0], net[2])), ValueError, "Linear\\+ReLU -> Linear nets"),
+    ],
+)
+def test_bad_configuration(make, error, message):
+    _, _, net = small_net("cpu", torch.float32)
+    with pytest.raises(error, match=message):
+        make(net)
+
+
+def test_bad_sizes_and_dtypes():
+    x, y, net = small_net("cpu", torch.float32)
+    step = FusedTwoLayerStep(*two_layers(net), "sgd", lr=1e-3)
+    with pytest.raises(RuntimeError, match="w1 has shape"):
+        step(torch.randn(16, 21), y)
+    with pytest.raises(RuntimeError, match="the same N"):
+        step(x, y[:5])
+    with pytest.raises(RuntimeError, match="must have x's dtype"):
+        step(x.double(), y.double())
+    with pytest.raises(RuntimeError, match="CPU step supports float32 and float64"):
+        FusedTwoLayerStep(*two_layers(copy.deepcopy(net).half()), "sgd", lr=1e-3)(x.half(), y.half())
+
+
+def test_recipe_rejects_fused_step_with_ddp():
+    with pytest.raises(ValueError, match="drop ddp"):
+        RECIPES["optim"](steps=1, fused_step=True, ddp=True)
