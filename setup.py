@@ -4,6 +4,7 @@ Environment:
   TWOLAYER_OPS_NO_CUDA=1   build the CPU kernels only, even where nvcc exists.
   CUDA_HOME                the CUDA toolkit root; found from nvcc when unset.
   TORCH_CUDA_ARCH_LIST     the GPU archs; the visible GPU's, or 9.0 (sm_90) when none is visible.
+                           Compute capability 9.0 machine code is always built as sm_90a (see _nvcc_arch_flags).
 """
 import glob
 import os
@@ -51,6 +52,27 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 if BUILD_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
 
+
+def _nvcc_arch_flags():
+    """torch's -gencode flags for TORCH_CUDA_ARCH_LIST, with the 9.0 machine code built as sm_90a.
+
+    The Hopper path (csrc/cuda/linear_relu_sm90.cu) needs wgmma and setmaxnreg, which exist only in the
+    arch-specific sm_90a target. Every compute capability 9.0 GPU (H100, H200, GH200) runs sm_90a code, so
+    the plain sm_90 cubin is replaced rather than kept beside it: one cubin per arch leaves the driver no
+    choice to make, and the portable kernels compile once, as before. sm_90a is added even when the list
+    names no 9.0 arch, so that an H100 always finds it. PTX (+PTX) and the other archs stay as listed.
+    Passing any arch flag ourselves stops torch from adding its own, hence the whole list is built here.
+    """
+    try:
+        from torch.utils.cpp_extension import _get_cuda_arch_flags  # the list torch would have used
+    except ImportError:  # a private helper (torch 2.11 to 2.14 have it): without it, torch's own choice
+        print("setup.py: torch has no _get_cuda_arch_flags; building without sm_90a (no Hopper path)")
+        return []
+    sm90a = "-gencode=arch=compute_90a,code=sm_90a"
+    flags = [f for f in _get_cuda_arch_flags() if f != "-gencode=arch=compute_90,code=sm_90"]
+    return flags + ([sm90a] if sm90a not in flags else [])
+
+
 here = os.path.dirname(os.path.abspath(__file__))
 cxx_flags = ["-O3"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
 sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
@@ -60,7 +82,10 @@ if BUILD_CUDA:
         "twolayer_ops._C",
         sources,
         include_dirs=[os.path.join(here, "csrc")],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v"]},
+        extra_compile_args={
+            "cxx": cxx_flags,
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v", *_nvcc_arch_flags()],
+        },
     )
 else:
     extension = CppExtension(

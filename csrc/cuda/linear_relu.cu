@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "../linear_relu.h"
+#include "sm90.h"  // the Hopper path (linear_relu_sm90.cu), tried first; opt-in, see sm90.h
 
 namespace twolayer_ops {
 namespace {
@@ -561,6 +562,7 @@ at::Tensor linear_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const
   const at::Tensor x2 = as_matrix(x);
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
+  if (M > 0 && N > 0 && sm90::try_forward(x2, weight, bias, out)) return out.view(linear_out_sizes(x, N));
   if (M > 0 && N > 0) {  // K == 0 runs the epilogue alone: relu(bias) or zeros
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_cuda", [&] {
       GemmArgs g;
@@ -603,7 +605,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cuda(const a
   at::Tensor grad_w = !output_mask[1] ? unrequested(x) : run_dw ? at::empty({N, K}, opts) : at::zeros({N, K}, opts);
   at::Tensor grad_b = !output_mask[2] ? unrequested(x) : run_db ? at::empty({N}, opts) : at::zeros({N}, opts);
 
-  if (run_dx || run_dw || run_db) {
+  const bool done_sm90 = (run_dx || run_dw) && sm90::try_backward(as_matrix(grad_out), as_matrix(out), x2, weight,
+                                                                  run_dx, run_dw, run_db, grad_x, grad_w, grad_b);
+  if (!done_sm90 && (run_dx || run_dw || run_db)) {
     const at::Tensor g = as_matrix(grad_out), o = as_matrix(out);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_backward_cuda", [&] {
       if (run_dx) {  // dX (M,K) = gm (M,N) @ W (N,K)

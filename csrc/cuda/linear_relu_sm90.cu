@@ -1,0 +1,786 @@
+// The Hopper (sm_90a) path of twolayer_ops: a persistent, warp-specialized GEMM on TMA and wgmma,
+// used for the forward out = relu(x @ W^T + b) and the two backward GEMMs, float16 / bfloat16 with
+// float32 accumulation. Entry points and the opt-in rule: sm90.h. Everything else (other GPUs, other
+// dtypes, layouts TMA cannot read, small problems) keeps the portable kernels of linear_relu.cu.
+//
+// The GEMM, C[M,N] = A[M,K] B[K,N] (+ bias, ReLU, cast in the epilogue):
+//   * Tiles 128 x 256 x 64 (BM x BN x BK). A block is 3 warpgroups (384 threads): warpgroup 0 is the
+//     producer (setmaxnreg.dec to 40; one thread issues the TMA copies), warpgroups 1 and 2 are the
+//     consumers (setmaxnreg.inc to 232), each owning 64 rows of the tile: one wgmma.m64n256k16 per
+//     16-wide K step, 128 float accumulators per thread.
+//   * A 4-stage shared-memory ring (48 KB a stage: A 16 KB + B 32 KB, 128-byte swizzle) with a "full"
+//     mbarrier (TMA transaction bytes) and an "empty" mbarrier (one arrival per consumer warp) a stage.
+//     Consumers keep one wgmma batch in flight (wait_group 1) and free a stage once the batch that
+//     read it has retired.
+//   * Persistent grid (one block per SM); block b takes tiles b, b + grid, ... in a grouped order
+//     (16 tile-rows per group, tile-rows fastest) so that the tiles in flight share A and B in L2.
+//     The producer runs ahead into the next tile while the consumers run the epilogue.
+//   * Operands come either K-major (the reduction axis contiguous: one TMA box per tile, 128-byte rows)
+//     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit). 16-bit types only.
+//   * Epilogue straight from the accumulator fragments: + bias (optional), ReLU as v <= 0 ? 0 : v
+//     (NaN passes, never fmaxf), cast, and 4-byte stores of element pairs (bounds-checked rows/cols).
+//   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
+//     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
+// Uses:
+//   forward  A = x (M,K) K-major, B = W (N,K) K-major, epilogue + bias, ReLU.
+//   dX       A = Gm (M,N) K-major, B[k=n][j] = W[n][j]: W is MN-major;   C = dX (M,K).
+//   dW       A[i=n][k=m] = Gm[m][n]: Gm is MN-major, B = x (M,K) MN-major; C = dW (N,K).
+// Backward: one elementwise pass writes Gm = (out <= 0 ? 0 : grad_out) once (M x N, contiguous) and,
+// when db is wanted, per-block float32 column partial sums; a second tiny kernel adds the partials of
+// each column in a fixed order (deterministic, no atomics). The two GEMMs then read Gm through TMA.
+// Why the extra pass rather than masking G as it is loaded: with TMA + wgmma the tiles go from global
+// memory to shared memory to the tensor cores without passing through registers, so a fused mask needs
+// either register-sourced A fragments (ldmatrix, mask, wgmma with A in registers; for dW the A operand
+// is MN-major) or a read-modify-write of each shared tile by the consumers with an extra proxy fence,
+// both of which cost mainloop issue slots in every tile of both GEMMs and are much harder to get right
+// without a GPU to check on. The pass reads G and out once and writes Gm once (3 x M x N x 2 bytes,
+// about 55 us at 8192 x 4096 on an H200 against ~800 us of GEMMs) and also makes G's layout irrelevant.
+// A GPU run should measure it against the fused variant before this is revisited.
+//
+// sm_90a-only device code sits under __CUDA_ARCH_FEAT_SM90_ALL: every other image (sm_90, older archs,
+// PTX) gets empty GEMM kernels and the host never selects them (a probe kernel reports which image the
+// driver loaded).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda.h>  // CUtensorMap and its enums; the encoder comes from cudaGetDriverEntryPointByVersion
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "sm90.h"
+
+namespace twolayer_ops {
+namespace sm90 {
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4;
+constexpr int kConsumers = 2;                      // consumer warpgroups, 64 tile rows each
+constexpr int kThreads = 128 * (1 + kConsumers);   // + the producer warpgroup
+[[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 * (40 + 2 * 232) = 64512 <= 65536
+constexpr int kABytes = kBM * kBK * 2;             // 16 KB
+constexpr int kBBytes = kBN * kBK * 2;             // 32 KB
+[[maybe_unused]] constexpr int kBox = 64 * 64 * 2;                 // one MN-major box: 64 (M or N) x 64 (K), 8 KB
+constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + 1024 /* alignment slack */ + 2 * kStages * 8;
+constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
+static_assert(kBK * 2 == 128, "one K-major smem row is one 128-byte swizzle span");
+static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
+
+struct GemmArgs {
+  uint16_t* c = nullptr;           // (M, N) with row stride ldc
+  const uint16_t* bias = nullptr;  // (N,) with stride bias_s, or nullptr
+  int64_t ldc = 0, bias_s = 0;
+  int M = 0, N = 0, K = 0;
+  int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;
+  int pair_ok = 0;  // C rows take 4-byte stores of element pairs (ldc even, C 4-byte aligned)
+};
+
+template <bool BF16>
+__device__ __forceinline__ float to_f(uint16_t r) {
+  if constexpr (BF16) {
+    return __bfloat162float(__ushort_as_bfloat16(r));
+  } else {
+    return __half2float(__ushort_as_half(r));
+  }
+}
+
+template <bool BF16>
+__device__ __forceinline__ uint16_t from_f(float v) {
+  if constexpr (BF16) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  } else {
+    return __half_as_ushort(__float2half_rn(v));
+  }
+}
+
+template <bool BF16>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return uint32_t(from_f<BF16>(lo)) | (uint32_t(from_f<BF16>(hi)) << 16);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// ---- sm_90a primitives (inline PTX) --------------------------------------------------------------
+
+// Tile t of the persistent order -> (tile-row, tile-column): groups of group_m tile-rows, tile-rows
+// fastest inside a group (the tiles of one wave share few A rows and B columns).
+__device__ __forceinline__ void tile_coords(int t, const GemmArgs& a, int& tm, int& tn) {
+  const int per_group = a.group_m * a.tiles_n;
+  const int group = t / per_group;
+  const int first = group * a.group_m;
+  const int rows = min(a.tiles_m - first, a.group_m);
+  const int r = t - group * per_group;
+  tm = first + r % rows;
+  tn = r / rows;
+}
+
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void fence_barrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Waits for the phase of parity `parity` to complete. A wait that lasts over ~2^34 cycles (seconds)
+// can only be a bug (a TMA that never lands, a barrier count off): trap rather than hang the GPU.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  if (done) return;
+  const long long start = clock64();
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (!done && clock64() - start > (1ll << 34)) __trap();
+  } while (!done);
+}
+
+__device__ __forceinline__ void prefetch_tmap(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// 2-D TMA load of one box at element coordinates (c0 innermost, c1) into shared memory, completing
+// transaction bytes on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma statements.
+__device__ __forceinline__ void fence_acc(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading-dimension byte
+// offset (LBO), stride-dimension byte offset (SBO), all >> 4; bits 62-63 = 1 selects SWIZZLE_128B.
+//   K-major (K contiguous, one 128-byte row per M/N index): SBO = 1024 (8 rows), LBO unused (16);
+//     the k-th 16-wide K step starts 32 * k bytes into the rows.
+//   MN-major (M/N contiguous, one 128-byte row of 64 M/N per K index, 64 x 64 boxes 8 KB apart):
+//     SBO = 1024 (8 K rows), LBO = 8192 (the next 64 M/N); the k-th K step starts 2048 * k bytes in.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFFu) >> 4) | (uint64_t((lbo & 0x3FFFFu) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFFu) >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+#define SM90_WGMMA_REGS \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define SM90_WGMMA_OUTS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+// D (64 x 256, float) += A (64 x 16) * B (16 x 256) from shared memory. TA / TB: 1 when the operand is
+// MN-major in shared memory (the transpose bit; 16-bit types only).
+template <bool BF16, int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (BF16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" SM90_WGMMA_REGS
+        "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+        : SM90_WGMMA_OUTS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TA), "n"(TB));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {" SM90_WGMMA_REGS
+        "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+        : SM90_WGMMA_OUTS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TA), "n"(TB));
+  }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// ---- the GEMM kernel -------------------------------------------------------------------------------
+
+template <bool BF16, int TA, int TB, bool RELU>
+__global__ void __launch_bounds__(kThreads, 1)
+    sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
+                     const GemmArgs args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  // Stage buffers 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of 128 bytes.
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sa = base;                              // kStages x A tile
+  const uint32_t sb = sa + kStages * kABytes;            // kStages x B tile
+  const uint32_t bars = sb + kStages * kBBytes;          // full[kStages], then empty[kStages]
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(bars + 8 * s, 1);                              // the producer's arrive.expect_tx
+      mbar_init(bars + 8 * (kStages + s), kConsumers * 4);     // one arrival per consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int tiles = args.tiles_m * args.tiles_n;
+  if (wg == 0) {
+    // ---- producer warpgroup: one thread issues every TMA copy -------------------------------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0) {
+      prefetch_tmap(&tma_a);
+      prefetch_tmap(&tma_b);
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int tm, tn;
+        tile_coords(t, args, tm, tn);
+        const int m0 = tm * kBM, n0 = tn * kBN;
+        // MN-major operands load in 64-wide boxes; boxes wholly past M (or N) are not issued.
+        const int a_boxes = TA ? min(kBM / 64, (args.M - m0 + 63) / 64) : 1;
+        const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : 1;
+        const uint32_t bytes = uint32_t(TA ? a_boxes * kBox : kABytes) + uint32_t(TB ? b_boxes * kBox : kBBytes);
+        for (int kb = 0; kb < args.k_blocks; ++kb) {
+          const int k0 = kb * kBK;
+          const uint32_t full = bars + 8 * stage, empty = bars + 8 * (kStages + stage);
+          mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
+          mbar_arrive_expect_tx(full, bytes);
+          const uint32_t a_dst = sa + stage * kABytes, b_dst = sb + stage * kBBytes;
+          if constexpr (TA) {
+            for (int i = 0; i < a_boxes; ++i) tma_load_2d(a_dst + i * kBox, &tma_a, m0 + 64 * i, k0, full);
+          } else {
+            tma_load_2d(a_dst, &tma_a, k0, m0, full);
+          }
+          if constexpr (TB) {
+            for (int i = 0; i < b_boxes; ++i) tma_load_2d(b_dst + i * kBox, &tma_b, n0 + 64 * i, k0, full);
+          } else {
+            tma_load_2d(b_dst, &tma_b, k0, n0, full);
+          }
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1u;
+          }
+        }
+      }
+    }
+  } else {
+    // ---- consumer warpgroups: wgmma on the ring, then the epilogue ---------------------------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg - 1;  // rows cw * 64 .. cw * 64 + 63 of the tile
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    float acc[128];
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      int tm, tn;
+      tile_coords(t, args, tm, tn);
+#pragma unroll
+      for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+      int prev = 0;
+      for (int kb = 0; kb < args.k_blocks; ++kb) {
+        mbar_wait(bars + 8 * stage, phase);
+        // This warpgroup's 64 rows of A: 64 K-major rows of 128 bytes, or the cw-th 64 x 64 MN-major
+        // box; both start 8 KB in.
+        const uint32_t a_base = sa + stage * kABytes + cw * 8192;
+        const uint32_t b_base = sb + stage * kBBytes;
+        fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
+          const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
+          wgmma_m64n256k16<BF16, TA, TB>(acc, da, db);
+        }
+        wgmma_commit();
+        fence_acc(acc);
+        if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
+          wgmma_wait<1>();
+          fence_acc(acc);
+          if (lane == 0) mbar_arrive(bars + 8 * (kStages + prev));
+        }
+        prev = stage;
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1u;
+        }
+      }
+      wgmma_wait<0>();
+      fence_acc(acc);
+      if (args.k_blocks > 0 && lane == 0) mbar_arrive(bars + 8 * (kStages + prev));
+
+      // Epilogue. Accumulator fragment of wgmma m64nNk16: acc[4j + 2h + e] is row
+      // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
+      const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
+      const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
+      const bool row_ok[2] = {row < args.M, row + 8 < args.M};
+      if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
+        // All 256 columns in range: unconditional bias loads and 4-byte pair stores.
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          const int64_t n = col + 8 * j;
+          float b0 = 0.f, b1 = 0.f;
+          if (args.bias != nullptr) {
+            b0 = to_f<BF16>(args.bias[n * args.bias_s]);
+            b1 = to_f<BF16>(args.bias[(n + 1) * args.bias_s]);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+            if constexpr (RELU) {
+              v0 = v0 <= 0.f ? 0.f : v0;  // NaN <= 0 is false: NaN passes
+              v1 = v1 <= 0.f ? 0.f : v1;
+            }
+            if (row_ok[h]) *reinterpret_cast<uint32_t*>(args.c + (row + 8 * h) * args.ldc + n) = pack2<BF16>(v0, v1);
+          }
+        }
+      } else {
+        // The last tile-column (or C rows that take no 4-byte stores): every column checked.
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          const int64_t n = col + 8 * j;
+          float b0 = 0.f, b1 = 0.f;
+          if (args.bias != nullptr) {
+            if (n < args.N) b0 = to_f<BF16>(args.bias[n * args.bias_s]);
+            if (n + 1 < args.N) b1 = to_f<BF16>(args.bias[(n + 1) * args.bias_s]);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+            if constexpr (RELU) {
+              v0 = v0 <= 0.f ? 0.f : v0;
+              v1 = v1 <= 0.f ? 0.f : v1;
+            }
+            if (row_ok[h]) {
+              uint16_t* p = args.c + (row + 8 * h) * args.ldc + n;
+              if (args.pair_ok && n + 1 < args.N) {
+                *reinterpret_cast<uint32_t*>(p) = pack2<BF16>(v0, v1);
+              } else {
+                if (n < args.N) p[0] = from_f<BF16>(v0);
+                if (n + 1 < args.N) p[1] = from_f<BF16>(v1);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
+}
+
+// Which image of this file the driver loaded: 1 for sm_90a, 2 for anything else.
+__global__ void sm90_probe_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 2;
+#endif
+}
+
+// ---- the backward's elementwise pass -----------------------------------------------------------------
+// Gm (M, N contiguous) = out <= 0 ? 0 : g, read through any strides. Block (256 threads = 8 row lanes x
+// 32 column lanes of 8 elements) covers 256 columns x rows_per_block rows; with `partial` it also writes
+// the float32 column sums of its rows to partial[blockIdx.y][n] (fixed order: rows ascending per lane,
+// then lanes 0..7). vec: g and out rows are unit-stride and 16-byte aligned.
+template <bool BF16>
+__global__ void __launch_bounds__(256, 4)
+    sm90_mask_grad_kernel(const uint16_t* g, int64_t gs0, int64_t gs1, const uint16_t* o, int64_t os0, int64_t os1,
+                          uint16_t* gm, float* partial, int64_t M, int64_t N, int64_t rows_per_block, int vec) {
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t n = int64_t(blockIdx.x) * 256 + tx * 8;
+  const int64_t r0 = int64_t(blockIdx.y) * rows_per_block;
+  const int64_t r1 = min(M, r0 + rows_per_block);
+  const bool full = n + 8 <= N;
+  float s[8];
+#pragma unroll
+  for (int v = 0; v < 8; ++v) s[v] = 0.f;
+  union V8 {
+    uint4 q;
+    uint16_t e[8];
+  };
+#pragma unroll 2
+  for (int64_t m = r0 + ty; m < r1; m += 8) {
+    V8 gv, ov, r;
+    if (vec && full) {
+      gv.q = *reinterpret_cast<const uint4*>(g + m * gs0 + n);
+      ov.q = *reinterpret_cast<const uint4*>(o + m * os0 + n);
+    } else {
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        const bool in = n + v < N;
+        gv.e[v] = in ? g[m * gs0 + (n + v) * gs1] : uint16_t(0);
+        ov.e[v] = in ? o[m * os0 + (n + v) * os1] : uint16_t(0);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < 8; ++v) {
+      r.e[v] = to_f<BF16>(ov.e[v]) <= 0.f ? uint16_t(0) : gv.e[v];  // NaN out passes its gradient
+      s[v] += to_f<BF16>(r.e[v]);
+    }
+    if (full && (N % 8) == 0) {
+      *reinterpret_cast<uint4*>(gm + m * N + n) = r.q;
+    } else {
+#pragma unroll
+      for (int v = 0; v < 8; ++v)
+        if (n + v < N) gm[m * N + n + v] = r.e[v];
+    }
+  }
+  if (partial != nullptr) {
+    __shared__ float red[8][257];
+#pragma unroll
+    for (int v = 0; v < 8; ++v) red[ty][tx * 8 + v] = s[v];
+    __syncthreads();
+    const int c = threadIdx.x;  // 256 threads, one column each
+    float t = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; ++y) t += red[y][c];
+    const int64_t nc = int64_t(blockIdx.x) * 256 + c;
+    if (nc < N) partial[int64_t(blockIdx.y) * N + nc] = t;
+  }
+}
+
+// db[n] = sum over row blocks r = 0, 1, ... of partial[r][n], in that order.
+template <bool BF16>
+__global__ void sm90_db_kernel(const float* partial, int64_t R, int64_t N, uint16_t* db) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  float t = 0.f;
+  for (int64_t r = 0; r < R; ++r) t += partial[r * N + n];
+  db[n] = from_f<BF16>(t);
+}
+
+// ---- host side ------------------------------------------------------------------------------------------
+
+std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (set_mode)
+std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0};
+constexpr int kMaxDevices = 64;
+std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
+
+bool env_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SM90");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+bool path_enabled() {
+  const int mode = g_mode.load(std::memory_order_relaxed);
+  return mode < 0 ? env_enabled() : mode == 1;
+}
+
+// 1 when `device` is compute capability 9.0 and runs the sm_90a image of this file; 2 when not;
+// 0 when unknown (not probed inside a stream capture, where the probe's synchronization is illegal).
+int probe_device(int device) {
+  if (device < 0 || device >= kMaxDevices) return 2;
+  const int known = g_probe[device].load();
+  if (known != 0) return known;
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  int result = 2;
+  if (major == 9 && minor == 0) {
+    c10::cuda::CUDAGuard guard(device);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return 0;
+    at::Tensor flag = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
+    sm90_probe_kernel<<<1, 1, 0, stream>>>(flag.data_ptr<int>());
+    const cudaError_t err = cudaGetLastError();  // no image for this device: not an error here
+    result = (err == cudaSuccess && flag.item<int>() == 1) ? 1 : 2;
+  }
+  g_probe[device].store(result);
+  return result;
+}
+
+using EncodeTiledFn = decltype(&cuTensorMapEncodeTiled);
+
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = []() -> EncodeTiledFn {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    if (err != cudaSuccess || q != cudaDriverEntryPointSuccess || p == nullptr) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(p);
+  }();
+  return fn;
+}
+
+// A 2-D row-major matrix (rows x cols, unit column stride, row stride `ld` elements) as a TMA tensor
+// map with box (box_cols x box_rows) and 128-byte swizzle; out-of-range elements read as zeros.
+bool make_map(CUtensorMap* map, const void* ptr, bool bf16, int64_t rows, int64_t cols, int64_t ld, int box_cols,
+              int box_rows) {
+  const EncodeTiledFn fn = encode_tiled();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  std::memset(map, 0, sizeof(*map));
+  const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                        const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+constexpr int64_t kMaxExtent = int64_t(1) << 30;  // TMA coordinates are int32; tiles past the end stay in range
+
+// t (rows x cols) can be read by TMA as a row-major matrix.
+bool tma_readable(const at::Tensor& t) {
+  return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1) && t.stride(0) % 8 == 0 &&
+         t.stride(0) < (int64_t(1) << 38) && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 &&
+         t.size(0) < kMaxExtent && t.size(1) < kMaxExtent;
+}
+
+// Everything but the operand layouts: dtype, size, the switch, the device.
+bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
+  const auto dt = x2.scalar_type();
+  if (dt != at::kHalf && dt != at::kBFloat16) return false;
+  if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return false;
+  if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return false;  // small: portable path
+  if (!x2.is_cuda() || !path_enabled()) return false;
+  return probe_device(x2.get_device()) == 1;
+}
+
+template <bool BF16, int TA, int TB, bool RELU>
+void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
+  auto kernel = sm90_gemm_kernel<BF16, TA, TB, RELU>;
+  static std::atomic<uint64_t> attr_set{0};  // one bit per device: the shared-memory limit was raised
+  if (!(attr_set.load() >> device & 1)) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    attr_set.fetch_or(uint64_t(1) << device);
+  }
+  a.tiles_m = (a.M + kBM - 1) / kBM;
+  a.tiles_n = (a.N + kBN - 1) / kBN;
+  a.k_blocks = (a.K + kBK - 1) / kBK;
+  a.group_m = kGroupM;
+  const int tiles = a.tiles_m * a.tiles_n;
+  static std::atomic<int> sms[kMaxDevices];  // multiprocessor counts, 0 until read
+  int n_sms = sms[device].load();
+  if (n_sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
+    sms[device].store(n_sms);
+  }
+  const int grid = std::min(tiles, n_sms);
+  kernel<<<grid, kThreads, kSmemBytes, c10::cuda::getCurrentCUDAStream(device)>>>(ma, mb, a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The tile count fits the kernel's int tile index, with room for t + gridDim.x.
+bool tiles_fit(int64_t M, int64_t N) {
+  return ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN) <= int64_t(INT_MAX) - 4096;
+}
+
+template <bool BF16>
+void launch_mask_and_db(const at::Tensor& g2, const at::Tensor& o2, at::Tensor& gm, at::Tensor* grad_b, int device) {
+  const int64_t M = gm.size(0), N = gm.size(1);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  // Row blocks: at most 512, each a multiple of 8 rows; fixed by (M, N) alone, so db is reproducible.
+  int64_t R = std::min<int64_t>((M + 63) / 64, 512);
+  const int64_t rows_per_block = ((M + R - 1) / R + 7) / 8 * 8;
+  R = (M + rows_per_block - 1) / rows_per_block;
+  at::Tensor partial;
+  if (grad_b != nullptr) partial = at::empty({R, N}, gm.options().dtype(at::kFloat));
+  const auto aligned = [](const at::Tensor& t) {
+    return t.stride(1) == 1 && (t.size(0) <= 1 || t.stride(0) % 8 == 0) &&
+           reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  };
+  const int vec = aligned(g2) && aligned(o2);
+  const dim3 grid(unsigned((N + 255) / 256), unsigned(R));
+  sm90_mask_grad_kernel<BF16><<<grid, 256, 0, stream>>>(
+      static_cast<const uint16_t*>(g2.const_data_ptr()), g2.stride(0), g2.stride(1),
+      static_cast<const uint16_t*>(o2.const_data_ptr()), o2.stride(0), o2.stride(1),
+      static_cast<uint16_t*>(gm.data_ptr()), grad_b != nullptr ? partial.data_ptr<float>() : nullptr, M, N,
+      rows_per_block, vec);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (grad_b != nullptr) {
+    sm90_db_kernel<BF16><<<unsigned((N + 255) / 256), 256, 0, stream>>>(partial.data_ptr<float>(), R, N,
+                                                                         static_cast<uint16_t*>(grad_b->data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+GemmArgs out_args(at::Tensor& c, int64_t M, int64_t N, int64_t K) {
+  GemmArgs a;
+  a.c = static_cast<uint16_t*>(c.data_ptr());
+  a.ldc = c.stride(0);
+  a.M = int(M);
+  a.N = int(N);
+  a.K = int(K);
+  a.pair_ok = c.stride(0) % 2 == 0 && reinterpret_cast<uintptr_t>(a.c) % 4 == 0;
+  return a;
+}
+
+// ---- introspection ops (namespace twolayer_ops_sm90) ----------------------------------------------------
+
+std::vector<int64_t> info_op() {
+  int count = 0;
+  int64_t probe = -1;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+  } else {
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    probe = probe_device(device) == 1 ? 1 : 0;
+  }
+  return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load()};
+}
+
+void set_mode_op(int64_t mode) {
+  TORCH_CHECK(mode >= -1 && mode <= 1, "twolayer_ops_sm90.set_mode: mode must be -1 (env), 0 (off) or 1 (on), got ",
+              mode);
+  g_mode.store(int(mode));
+}
+
+}  // namespace
+
+bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 at::Tensor& out) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
+  if (!path_applies(x2, M, N, K) || !tiles_fit(M, N)) return false;
+  if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
+  const bool bf16 = x2.scalar_type() == at::kBFloat16;
+  CUtensorMap ma, mb;
+  if (!make_map(&ma, x2.const_data_ptr(), bf16, M, K, x2.stride(0), 64, kBM) ||
+      !make_map(&mb, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, kBN))
+    return false;
+  GemmArgs a = out_args(out, M, N, K);
+  if (bias.has_value()) {
+    a.bias = static_cast<const uint16_t*>(bias->const_data_ptr());
+    a.bias_s = bias->stride(0);
+  }
+  const int device = x2.get_device();
+  if (bf16) {
+    launch_gemm<true, 0, 0, true>(ma, mb, a, device);
+  } else {
+    launch_gemm<false, 0, 0, true>(ma, mb, a, device);
+  }
+  g_forward_calls.fetch_add(1);
+  return true;
+}
+
+bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& x2, const at::Tensor& weight,
+                  bool run_dx, bool run_dw, bool run_db, at::Tensor& grad_x, at::Tensor& grad_w,
+                  at::Tensor& grad_b) {
+  if (!run_dx && !run_dw) return false;  // db alone: the portable single pass
+  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
+  if (!path_applies(x2, M, N, K) || N % 8 != 0) return false;
+  if (!tma_readable(x2) || !tma_readable(weight)) return false;
+  if (run_dx && (!tiles_fit(M, K) || !grad_x.is_contiguous())) return false;
+  if (run_dw && (!tiles_fit(N, K) || !grad_w.is_contiguous())) return false;
+  if (run_db && !grad_b.is_contiguous()) return false;
+  const bool bf16 = x2.scalar_type() == at::kBFloat16;
+  at::Tensor gm = at::empty({M, N}, x2.options());
+  // dX = Gm (M,N) @ W (N,K): A = Gm K-major (box 64 of N x 128 rows), B = W MN-major (64 of K x 64 of N).
+  // dW = Gm^T (N,M) @ x (M,K): A = Gm MN-major (64 of N x 64 of M), B = x MN-major (64 of K x 64 of M).
+  CUtensorMap dx_a, dx_b, dw_a, dw_b;
+  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), bf16, M, N, N, 64, kBM) ||
+                 !make_map(&dx_b, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, 64)))
+    return false;
+  if (run_dw && (!make_map(&dw_a, gm.const_data_ptr(), bf16, M, N, N, 64, 64) ||
+                 !make_map(&dw_b, x2.const_data_ptr(), bf16, M, K, x2.stride(0), 64, 64)))
+    return false;
+  const int device = x2.get_device();
+  if (bf16) {
+    launch_mask_and_db<true>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
+  } else {
+    launch_mask_and_db<false>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
+  }
+  if (run_dx) {
+    const GemmArgs a = out_args(grad_x, M, K, N);
+    if (bf16) {
+      launch_gemm<true, 0, 1, false>(dx_a, dx_b, a, device);
+    } else {
+      launch_gemm<false, 0, 1, false>(dx_a, dx_b, a, device);
+    }
+  }
+  if (run_dw) {
+    const GemmArgs a = out_args(grad_w, N, K, M);
+    if (bf16) {
+      launch_gemm<true, 1, 1, false>(dw_a, dw_b, a, device);
+    } else {
+      launch_gemm<false, 1, 1, false>(dw_a, dw_b, a, device);
+    }
+  }
+  g_backward_calls.fetch_add(1);
+  return true;
+}
+
+}  // namespace sm90
+}  // namespace twolayer_ops
+
+// torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls];
+// torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
+TORCH_LIBRARY(twolayer_ops_sm90, m) {
+  m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
+  m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
+}

@@ -1,0 +1,37 @@
+// The Hopper (sm_90a) path of twolayer_ops: entry points that cuda/linear_relu.cu calls before its
+// portable kernels. Each try_* returns true when it did the work, false when the call is not
+// eligible (then the caller runs the portable kernels, unchanged). Implemented in linear_relu_sm90.cu.
+//
+// OPT-IN until a GPU run has validated it: the path is taken only when
+//   * the environment variable TWOLAYER_OPS_SM90=1 was set (read once, at the first eligible call),
+//     or torch.ops.twolayer_ops_sm90.set_mode(1) switched it on (-1: back to the variable, 0: off);
+//   * the device has compute capability 9.0 and the loaded image of linear_relu_sm90.cu is the
+//     sm_90a one (a one-off probe kernel per device says so; plain sm_90 or other images never run
+//     these kernels);
+//   * the dtype is float16 or bfloat16 and M*N*K >= 2^24 (smaller problems keep the portable path);
+//   * the operands suit TMA: x and W row-major (unit inner stride, row strides multiples of 16 bytes,
+//     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
+//     writes is read by TMA); no extent over 2^31 - 1.
+// torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls]
+// (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device) for tests and benchmarks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace twolayer_ops {
+namespace sm90 {
+
+// out (M, N) contiguous and freshly allocated; x2 (M, K); weight (N, K); bias (N,) or None.
+bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 at::Tensor& out);
+
+// g2, o2: grad_out and the saved output as (M, N) matrices (any strides); x2 (M, K); weight (N, K).
+// grad_x (M, K), grad_w (N, K), grad_b (N,): contiguous, allocated by the caller for the requested ones.
+bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& x2, const at::Tensor& weight,
+                  bool run_dx, bool run_dw, bool run_db, at::Tensor& grad_x, at::Tensor& grad_w,
+                  at::Tensor& grad_b);
+
+}  // namespace sm90
+}  // namespace twolayer_ops

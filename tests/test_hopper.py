@@ -1,0 +1,278 @@
+"""The Hopper (sm_90a) path of the native CUDA backend (csrc/cuda/linear_relu_sm90.cu).
+
+The path is opt-in (TWOLAYER_OPS_SM90=1, read once; or torch.ops.twolayer_ops_sm90.set_mode), so the GPU
+checks run in a worker process started with the variable set: a kernel that traps or hangs there (its
+barrier waits trap after a few seconds) fails these tests instead of poisoning the CUDA context of the
+whole session. The worker runs every case once, writes one result per case to a JSON file as it goes,
+and each parametrized test below reports one case. Run the worker alone with
+    TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
+(the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`).
+Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
+kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sm90_ops():
+    """torch.ops.twolayer_ops_sm90, or None where the extension was built without CUDA."""
+    import twolayer_ops  # noqa: F401  (loads _C)
+
+    try:
+        return torch.ops.twolayer_ops_sm90 if hasattr(torch.ops.twolayer_ops_sm90, "info") else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _is_sm90():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+# ---- the worker's cases ------------------------------------------------------------------------------
+
+def _counts():
+    info = torch.ops.twolayer_ops_sm90.info()
+    return info[3], info[4]
+
+
+def _inputs(m, k, n, dtype, *, bias=True, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(dtype)
+    b = torch.randn(n, device="cuda", generator=g).to(dtype) if bias else None
+    go = torch.randn(m, n, device="cuda", generator=g).to(dtype)
+    return x, w, b, go
+
+
+def _check(x, w, b, go, *, sm90_fwd=True, sm90_bwd=True):
+    """Forward and gradients of the native backend vs float64; asserts which calls took the sm90 path."""
+    from twolayer_ops import linear_relu
+
+    from .cases import poison_allocator
+    from .reference import assert_close_to_ref, linear_relu_ref
+
+    dtype = x.dtype
+    ins = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b)]  # strides kept
+    ref_ins = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+    n = w.shape[0]
+    f0, b0 = _counts()
+    poison_allocator((*x.shape[:-1], n), dtype, "cuda")
+    out = linear_relu(*ins, backend="native")
+    torch.cuda.synchronize()
+    f1, _ = _counts()
+    assert f1 - f0 == int(sm90_fwd), f"forward: sm90 calls {f1 - f0}, expected {int(sm90_fwd)}"
+    ref = linear_relu_ref(*ref_ins)
+    assert_close_to_ref(out.detach(), ref.detach().to(dtype), dtype, "output")
+    assert out.is_contiguous()
+
+    params = [t for t in ins if t is not None]
+    names = ["grad_x", "grad_weight", "grad_bias"][: len(params)]
+    for t in params:
+        poison_allocator(t.shape, dtype, "cuda")
+    grads = torch.autograd.grad(out, params, go)
+    torch.cuda.synchronize()
+    _, b1 = _counts()
+    assert b1 - b0 == int(sm90_bwd), f"backward: sm90 calls {b1 - b0}, expected {int(sm90_bwd)}"
+    ref_grads = torch.autograd.grad(ref, [t for t in ref_ins if t is not None], go.double())
+    for name, got, want in zip(names, grads, ref_grads):
+        assert_close_to_ref(got, want.to(dtype), dtype, name)  # grads carry no graph
+    return out, grads
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _shape_case(m, k, n, *, bias=True, x_lead=None):
+    def run(dtype):
+        x, w, b, go = _inputs(m, k, n, dtype, bias=bias)
+        if x_lead is not None:  # x (..., K) with leading dims: the op flattens them
+            x, go = x.view(*x_lead, k), go.view(*x_lead, n)
+        _check(x, w, b, go)
+
+    return run
+
+
+def _case_big(dtype):
+    """The benchmark shape 8192x4096 -> 4096, checked in full against float64 (on the GPU)."""
+    _check(*_inputs(8192, 4096, 4096, dtype, seed=1))
+
+
+def _case_padded_strides(dtype):
+    """x and W as column slices of wider matrices (row strides past K, still 16-byte multiples), and a
+    transposed grad_out (the masking pass reads any strides)."""
+    x, w, b, go = _inputs(512, 1024, 768, dtype, seed=2)
+    xw = torch.zeros(512, 1024 + 64, device="cuda", dtype=dtype)
+    ww = torch.zeros(768, 1024 + 32, device="cuda", dtype=dtype)
+    xw[:, :1024], ww[:, :1024] = x, w
+    go_t = go.t().contiguous().t()
+    _check(xw[:, :1024], ww[:, :1024], b, go_t)
+
+
+def _case_odd_n(dtype):
+    """N odd: the forward still qualifies (element stores), the backward does not (N % 8 != 0)."""
+    _check(*_inputs(512, 1024, 1001, dtype, seed=3), sm90_fwd=True, sm90_bwd=False)
+
+
+def _case_ineligible(dtype):
+    """Portable fallbacks, unchanged results: transposed x; K not a multiple of 8; a small problem."""
+    x, w, b, go = _inputs(384, 512, 256, dtype, seed=4)
+    _check(x.t().contiguous().t(), w, b, go, sm90_fwd=False, sm90_bwd=False)
+    _check(*_inputs(256, 1001, 512, dtype, seed=5), sm90_fwd=False, sm90_bwd=False)
+    _check(*_inputs(64, 1000, 100, dtype, seed=6), sm90_fwd=False, sm90_bwd=False)
+
+
+def _case_nan_and_zero(dtype):
+    """NaN in a pre-activation gives NaN out and passes its gradient; an exact zero gives 0 and gradient 0."""
+    x, w, b, go = _inputs(1000, 1024, 1000, dtype, seed=7)
+    x[3, 5] = float("nan")  # row 3 of the output is NaN everywhere; dW[:, 5] is NaN
+    w[7].zero_()
+    b[7] = 0  # column 7: pre-activation exactly 0 (except row 3)
+    out, (gx, gw, gb) = _check(x, w, b, go)
+    assert torch.isnan(out[3]).all()
+    rows = torch.arange(out.shape[0], device="cuda") != 3
+    assert (out[rows, 7] == 0).all()
+    # Column 7's gradient is masked except in the NaN row 3, whose gradient passes.
+    assert gb[7].item() == pytest.approx(go[3, 7].float().item(), rel=1e-2, abs=1e-2)
+
+
+def _case_deterministic(dtype):
+    """Two backward runs on the same inputs agree bit for bit (db has no atomics, nor do the GEMMs)."""
+    from twolayer_ops import linear_relu
+
+    x, w, b, go = _inputs(1000, 1024, 1000, dtype, seed=8)
+    runs = []
+    for _ in range(2):
+        ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        runs.append(torch.autograd.grad(linear_relu(*ins, backend="native"), ins, go))
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+
+
+def _case_kernels_ran(dtype):
+    """The profiler sees the sm90 kernels by name, and set_mode(0) switches the path off."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from twolayer_ops import linear_relu
+
+    info = torch.ops.twolayer_ops_sm90.info()
+    assert info[1] == 1 and info[2] == 1, f"info() = {info}: expected env on and the sm_90a image loaded"
+    x, w, b, go = _inputs(1024, 1024, 1024, dtype, seed=9)
+    ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.autograd.grad(linear_relu(*ins, backend="native"), ins, go)
+        torch.cuda.synchronize()
+    names = " ".join(e.key for e in prof.key_averages())
+    assert "sm90_gemm_kernel" in names and "sm90_mask_grad_kernel" in names, names[:2000]
+    torch.ops.twolayer_ops_sm90.set_mode(0)
+    try:
+        _check(x, w, b, go, sm90_fwd=False, sm90_bwd=False)
+    finally:
+        torch.ops.twolayer_ops_sm90.set_mode(-1)
+    _check(x, w, b, go)
+
+
+CASES = {
+    "tiles_256x512x384": _shape_case(256, 512, 384),
+    "ragged_1000x1024x1000": _shape_case(1000, 1024, 1000),
+    "ktail_520x1000x1000": _shape_case(520, 1000, 1000),
+    "mtail_300x4096x520": _shape_case(300, 4096, 520),
+    "no_bias_256x512x384": _shape_case(256, 512, 384, bias=False),
+    "leading_dims_4x250x1024x1000": _shape_case(1000, 1024, 1000, x_lead=(4, 250)),
+    "big_8192x4096x4096": _case_big,
+    "padded_strides": _case_padded_strides,
+    "odd_n": _case_odd_n,
+    "ineligible": _case_ineligible,
+    "nan_and_zero": _case_nan_and_zero,
+    "deterministic": _case_deterministic,
+    "kernels_ran": _case_kernels_ran,
+}
+CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES]
+
+
+def worker(out_path, only=None):
+    """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}."""
+    results = {}
+    for case_id in CASE_IDS:
+        if only and only not in case_id:
+            continue
+        name, dt = case_id.rsplit("-", 1)
+        try:
+            CASES[name](DTYPES[dt])
+            results[case_id] = "ok"
+        except Exception:  # noqa: BLE001  (every failure is reported, the next case still runs)
+            results[case_id] = traceback.format_exc(limit=6)
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
+
+
+# ---- the tests -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sm90") / "results.json"
+    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=900,
+        )
+        log = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    except subprocess.TimeoutExpired as err:
+        log = f"worker timed out after {err.timeout} s\n{err.stdout}\n{err.stderr}"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    return results, log
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _is_sm90(), reason="needs a compute capability 9.0 GPU (H100 / H200)")
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_sm90_path(worker_results, case):
+    results, log = worker_results
+    if case not in results:
+        pytest.fail(f"the worker reported nothing for {case} (a crash or a hang before it?):\n{log}")
+    assert results[case] == "ok", results[case]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or _is_sm90(), reason="needs a CUDA GPU other than 9.0")
+def test_other_gpus_never_take_the_sm90_path():
+    ops = _sm90_ops()
+    if ops is None:
+        pytest.skip("extension built without CUDA")
+    ops.set_mode(1)
+    try:
+        assert ops.info()[2] == 0
+        x, w, b, go = _inputs(512, 1024, 512, torch.float16)
+        _check(x, w, b, go, sm90_fwd=False, sm90_bwd=False)
+    finally:
+        ops.set_mode(-1)
+
+
+def test_introspection_ops_without_a_gpu_run():
+    """The twolayer_ops_sm90 ops load and answer on any machine; a bad mode is a clear error."""
+    ops = _sm90_ops()
+    if ops is None:
+        pytest.skip("extension built without CUDA")
+    mode, env, probe, fwd, bwd = ops.info()
+    assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90") == "1")
+    assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
+    assert fwd >= 0 and bwd >= 0
+    with pytest.raises(RuntimeError, match="mode must be"):
+        ops.set_mode(2)
+    ops.set_mode(0)
+    assert ops.info()[0] == 0
+    ops.set_mode(-1)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
