@@ -139,6 +139,11 @@ TORCH_LIBRARY(twolayer_ops, m) {
   m.def("two_layer_step(Tensor x, Tensor y, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state, "
         "str optimizer, float lr, float momentum, float beta1, float beta2, float eps, int step, float loss_scale, "
         "bool update) -> Tensor");
+  // `steps` such steps in one call (one launch on CUDA); returns their losses. Call c (counting from
+  // calls_done + 1) updates when c % accumulation_steps == 0, Adam's step count being c / accumulation_steps.
+  m.def("two_layer_train(Tensor x, Tensor y, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state, "
+        "str optimizer, float lr, float momentum, float beta1, float beta2, float eps, int calls_done, int steps, "
+        "int accumulation_steps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(twolayer_ops, CPU, m) {

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -117,8 +118,26 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
   return loss;
 }
 
+at::Tensor two_layer_train_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList params, at::TensorList grads,
+                               at::TensorList state, c10::string_view optimizer, double lr, double momentum,
+                               double beta1, double beta2, double eps, int64_t calls_done, int64_t steps,
+                               int64_t accumulation_steps) {
+  check_train_args(calls_done, steps, accumulation_steps);
+  at::Tensor losses = at::empty({steps}, x.options());
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t call = calls_done + i + 1;
+    losses[i] = two_layer_step_cpu(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps,
+                                   std::max<int64_t>(call / accumulation_steps, 1), 1.0 / double(accumulation_steps),
+                                   call % accumulation_steps == 0);
+  }
+  return losses;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(twolayer_ops, CPU, m) { m.impl("two_layer_step", &two_layer_step_cpu); }
+TORCH_LIBRARY_IMPL(twolayer_ops, CPU, m) {
+  m.impl("two_layer_step", &two_layer_step_cpu);
+  m.impl("two_layer_train", &two_layer_train_cpu);
+}
 
 }  // namespace twolayer_ops

@@ -48,4 +48,10 @@ inline void check_step_args(const at::Tensor& x, const at::Tensor& y, at::Tensor
     for (const auto& t : lists) TORCH_CHECK(t.is_contiguous(), "two_layer_step: parameters, gradients and state must be contiguous");
 }
 
+inline void check_train_args(int64_t calls_done, int64_t steps, int64_t accumulation_steps) {
+  TORCH_CHECK(steps >= 0 && calls_done >= 0, "two_layer_train: steps and calls_done must be >= 0, got ", steps, " and ",
+              calls_done);
+  TORCH_CHECK(accumulation_steps >= 1, "two_layer_train: accumulation_steps must be >= 1, got ", accumulation_steps);
+}
+
 }  // namespace twolayer_ops

@@ -26,7 +26,8 @@ class FusedTwoLayerStep:
     """Trains `linear1` (followed by ReLU) and `linear2` in place, one op call per step.
 
     step = FusedTwoLayerStep(model[0], model[1], "adam", lr=1e-4)
-    loss = step(x, y)              # a 0-d tensor on the device; no host sync
+    loss = step(x, y)              # one step: a 0-d tensor on the device; no host sync
+    losses = step.run(x, y, 499)   # 499 more steps in one call (one kernel launch on CUDA)
 
     optimizer: "sgd", "momentum" (SGD with momentum) or "adam", with torch.optim's formulas and
     defaults. With accumulation_steps=k, each call adds the gradient of loss / k and every k-th call
@@ -61,16 +62,26 @@ class FusedTwoLayerStep:
         name, hyper = _supported_optimizer(optimizer)
         return cls(linear1, linear2, name, accumulation_steps=accumulation_steps, **hyper)
 
+    def _hyper(self):
+        return self.optimizer, self.lr, self.momentum, self.betas[0], self.betas[1], self.eps
+
     def __call__(self, x, y):
+        """One step; returns its loss (computed before the update)."""
         self.calls += 1
         update = self.calls % self.accumulation_steps == 0
         self.updates += update
         with torch.no_grad():
-            return ops.two_layer_step(
-                x, y, [p.detach() for p in self.params], self.grads, self.state, self.optimizer, self.lr,
-                self.momentum, self.betas[0], self.betas[1], self.eps, max(self.updates, 1),
-                1.0 / self.accumulation_steps, update,
-            )
+            return ops.two_layer_step(x, y, [p.detach() for p in self.params], self.grads, self.state, *self._hyper(),
+                                      max(self.updates, 1), 1.0 / self.accumulation_steps, update)
+
+    def run(self, x, y, steps):
+        """`steps` steps in one call; returns their losses, a (steps,) tensor on the device."""
+        with torch.no_grad():
+            losses = ops.two_layer_train(x, y, [p.detach() for p in self.params], self.grads, self.state,
+                                         *self._hyper(), self.calls, steps, self.accumulation_steps)
+        self.calls += steps
+        self.updates = self.calls // self.accumulation_steps
+        return losses
 
 
 def two_layers(model):

@@ -86,6 +86,12 @@ def two_layer_step_fake(x, y, params, grads, state, optimizer, lr, momentum, bet
     return x.new_empty(())
 
 
+@torch.library.register_fake("twolayer_ops::two_layer_train")
+def two_layer_train_fake(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps, calls_done, steps,
+                         accumulation_steps):
+    return x.new_empty((steps,))
+
+
 register_backend_ops(
     "twolayer_ops::linear_relu",
     "twolayer_ops::linear_relu_backward",

@@ -1,7 +1,7 @@
 """What every recipe shares: the seed's sizes, argument checks, the loss log and the timed loop."""
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,6 @@ class TrainResult:
     wall_time_s: float  # the training loop alone, device work included
     device: str
     backend: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def steps(self):
@@ -121,19 +120,43 @@ def shard_for_ddp(model, x, y, dev, *, find_unused_parameters=False):
     return wrapped, x.chunk(world)[rank], y.chunk(world)[rank], float(world)
 
 
-def run_loop(recipe, step_fn, steps, dev, backend, model, *, log_every=None, on_log=None, extra=None):
-    """Runs step_fn(n) -> loss tensor for n in range(steps) and times it, device work included."""
-    log = LossLog(steps, dev, log_every, on_log)
+def _timer(dev):
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
+
+    def stop():
+        sync()
+        return time.perf_counter() - start
+
+    return stop
+
+
+def run_fused(recipe, stepper, x, y, steps, dev, model, *, log_every=None, on_log=None):
+    """Runs a FusedTwoLayerStep in chunks of `log_every` steps (all at once without logging):
+    one op call, one kernel launch on CUDA, per chunk."""
+    log = LossLog(steps, dev, log_every, on_log)
+    chunk = log_every or steps
+    stop = _timer(dev)
+    for first in range(0, steps, chunk):
+        count = min(chunk, steps - first)
+        log.buffer[first : first + count] = stepper.run(x, y, count)
+        if log_every:
+            log.flush(first + count)
+    wall = stop()
+    return TrainResult(recipe, log.values(), model, wall, str(dev), "fused_step")
+
+
+def run_loop(recipe, step_fn, steps, dev, backend, model, *, log_every=None, on_log=None):
+    """Runs step_fn(n) -> loss tensor for n in range(steps) and times it, device work included."""
+    log = LossLog(steps, dev, log_every, on_log)
+    stop = _timer(dev)
     for n in range(steps):
         log.record(n, step_fn(n))
-    sync()
-    wall = time.perf_counter() - start
+    wall = stop()
     if log.log_every:
         log.flush(steps)
-    return TrainResult(recipe, log.values(), model, wall, str(dev), backend, extra or {})
+    return TrainResult(recipe, log.values(), model, wall, str(dev), backend)
 
 
 def draw_raw(dev, dtype):
@@ -167,8 +190,7 @@ def fit(recipe, model, x, y, dev, backend, *, steps, optimizer=None, lr=None, ac
             stepper = FusedTwoLayerStep.from_optimizer(*layers, optimizer, accumulation_steps)
         else:
             stepper = FusedTwoLayerStep(*layers, "sgd", lr=lr, accumulation_steps=accumulation_steps)
-        return run_loop(recipe, lambda n: stepper(x, y), steps, dev, "fused_step", model, log_every=log_every,
-                        on_log=on_log)
+        return run_fused(recipe, stepper, x, y, steps, dev, model, log_every=log_every, on_log=on_log)
     loss_fn = nn.MSELoss(reduction="sum")
     net, x, y, scale = (
         shard_for_ddp(model, x, y, dev, find_unused_parameters=find_unused_parameters) if ddp else (model, x, y, 1.0)
