@@ -129,3 +129,20 @@ def test_bad_sizes_and_dtypes():
 def test_recipe_rejects_fused_step_with_ddp():
     with pytest.raises(ValueError, match="drop ddp"):
         RECIPES["optim"](steps=1, fused_step=True, ddp=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optimizer,accumulation_steps", [("adam", 1), ("adam", 3), ("momentum", 2), ("sgd", 1)])
+def test_run_equals_single_steps(device, optimizer, accumulation_steps):
+    """two_layer_train over k steps (one call) is k two_layer_step calls, split anywhere."""
+    x, y, net = small_net(device, torch.float64)
+    twin = copy.deepcopy(net)
+    hyper = {"lr": 1e-3, "momentum": 0.9 if optimizer == "momentum" else 0.0, "accumulation_steps": accumulation_steps}
+    single = FusedTwoLayerStep(*two_layers(net), optimizer, **hyper)
+    want = torch.stack([single(x, y) for _ in range(11)])
+    chunked = FusedTwoLayerStep(*two_layers(twin), optimizer, **hyper)
+    got = torch.cat([chunked.run(x, y, 4), chunked.run(x, y, 0), chunked.run(x, y, 7)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert (chunked.calls, chunked.updates) == (single.calls, single.updates) == (11, 11 // accumulation_steps)
+    for p, q in zip(twin.parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
