@@ -26,9 +26,19 @@ and CUDA tensors compiled, without TRITON_INTERPRET. Two rules come with the twi
     afterwards, which would break later compilations. So the kernels write out ceil-division and
     grouped ordering, fill with tl.full, and get db from a GEMM against a column of ones.
   - with TRITON_INTERPRET=1 set before import, triton interprets everything, CUDA tensors included.
+Every dot names out_dtype=ACC_DTYPE: triton 3.6 defaults it to float32 and then rejects a float64
+accumulator (3.8 takes the accumulator's dtype).
 
 float32 dots use TF32 only when torch.backends.cuda.matmul.allow_tf32 says so; the interpreter
 computes in numpy at full precision whatever the setting.
+
+Hopper (opt-in). With TWOLAYER_OPS_TRITON_TMA=1 in the environment at import (read once, into
+hopper.ENABLED), CUDA tensors on a device of capability >= 9 run the persistent TMA-descriptor
+kernels of hopper.py instead: the forward for fp16, bf16 and TF32 float32, both backward kernels
+for fp16 and bf16, wherever every operand meets TMA's layout rules (hopper.eligible); each kernel
+call that is not eligible runs the portable kernel below, as do CPU tensors and a triton without
+host-side tensor descriptors. The path stays opt-in until a GPU run has validated it
+(tests/test_triton_hopper.py, benchmarks/triton_tune.py).
 """
 import functools
 import math
@@ -39,6 +49,7 @@ import triton.language as tl
 from triton.backends import backends as triton_backends
 
 from .. import ops
+from . import hopper
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
@@ -153,7 +164,7 @@ def linear_relu_fwd_kernel(
             mask=(offs_k[:, None] < K) & (offs_n[None, :] < N),
             other=0.0,
         )
-        acc = tl.dot(x, w_t, acc=acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(x, w_t, acc=acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n * stride_b, mask=offs_n < N, other=0.0).to(ACC_DTYPE)[None, :]
     # NaN <= 0 is false, so NaN survives (tl.maximum and where(acc > 0, ...) would drop it).
@@ -201,7 +212,7 @@ def linear_relu_dx_kernel(
             mask=(offs_n[:, None] < N) & (offs_k[None, :] < K),
             other=0.0,
         )
-        acc = tl.dot(g, w, acc=acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(g, w, acc=acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
     tl.store(
         dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
         acc.to(dx_ptr.dtype.element_ty),
@@ -252,10 +263,10 @@ def linear_relu_dw_db_kernel(
                 mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
                 other=0.0,
             )
-            acc = tl.dot(g_t, x, acc=acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(g_t, x, acc=acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
         if COMPUTE_DB:
             if pid_k == 0:  # "ieee": a sum never rounds its terms to TF32
-                db = tl.dot(g_t, ones, acc=db, input_precision="ieee")
+                db = tl.dot(g_t, ones, acc=db, input_precision="ieee", out_dtype=ACC_DTYPE)
     if COMPUTE_DW:
         tl.store(
             dw_ptr + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
@@ -372,7 +383,10 @@ def linear_relu(x, weight, bias):
     (N, K), M = weight.shape, math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)
     out = x.new_empty((M, N))
-    if M and N:  # an empty output launches nothing; K == 0 runs no k-steps and gives relu(b)
+    precision = input_precision(x)
+    if M and N and hopper.eligible(hopper.linear_relu_fwd_tma_kernel, precision, x2, weight, out):
+        hopper.forward(x2, weight, bias, out, precision)
+    elif M and N:  # an empty output launches nothing; K == 0 runs no k-steps and gives relu(b)
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
@@ -380,7 +394,7 @@ def linear_relu(x, weight, bias):
             linear_relu_fwd_kernel, x.device, grid,
             x2, weight, bias, out, M, N, K,
             *x2.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0, *out.stride(),
-            HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype(x.dtype), INPUT_PRECISION=input_precision(x),
+            HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype(x.dtype), INPUT_PRECISION=precision,
         )
     return out.view(*x.shape[:-1], N)
 
@@ -408,7 +422,10 @@ def grad_x(g, o, weight):
     dx = g.new_empty((M, K))
     if N == 0:  # an empty sum
         return dx.zero_()
-    if M and K:
+    precision = input_precision(g)
+    if M and K and hopper.eligible(hopper.linear_relu_dx_tma_kernel, precision, g, o, weight, dx):
+        hopper.grad_x(g, o, weight, dx, precision)
+    elif M and K:
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
@@ -416,7 +433,7 @@ def grad_x(g, o, weight):
             linear_relu_dx_kernel, g.device, grid,
             g, o, weight, dx, M, N, K,
             *g.stride(), *o.stride(), *weight.stride(), *dx.stride(),
-            ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=input_precision(g),
+            ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=precision,
         )
     return dx
 
@@ -429,7 +446,10 @@ def grad_weight_bias(g, o, x2, want_w, want_b):
     if M == 0:  # empty sums
         return dw.zero_() if want_w else None, db.zero_() if want_b else None
     compute_dw = want_w and K > 0
-    if N and (compute_dw or want_b):
+    precision = input_precision(g)
+    if N and compute_dw and hopper.eligible(hopper.linear_relu_dw_db_tma_kernel, precision, g, o, x2, dw):
+        hopper.grad_weight_bias(g, o, x2, dw, db, precision)
+    elif N and (compute_dw or want_b):
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]) * (triton.cdiv(K, meta["BLOCK_K"]) if compute_dw else 1),)
 
@@ -438,7 +458,7 @@ def grad_weight_bias(g, o, x2, want_w, want_b):
             g, o, x2, dw, db, M, N, K,
             *g.stride(), *o.stride(), *x2.stride(),
             *(dw.stride() if want_w else (0, 0)), db.stride(0) if want_b else 0,
-            COMPUTE_DW=compute_dw, COMPUTE_DB=want_b, ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=input_precision(g),
+            COMPUTE_DW=compute_dw, COMPUTE_DB=want_b, ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=precision,
         )
     return dw, db
 
