@@ -127,13 +127,22 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out) 
 
 }  // namespace
 
-TORCH_LIBRARY(twolayer_ops, m) {
-  m.def("linear_relu(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+// One schema per op, shared by every backend: a backend's ops are the same schemas under the op
+// name plus the backend's suffix ("" for native, "_triton" for the Triton kernels, which register
+// their implementations from Python).
+void define_backend_ops(torch::Library& m, const std::string& suffix) {
+  m.def(("linear_relu" + suffix + "(Tensor x, Tensor weight, Tensor? bias) -> Tensor").c_str());
   // Unrequested gradients (output_mask False) come back as empty (0,) tensors.
-  m.def("linear_relu_backward(Tensor grad_out, Tensor out, Tensor x, Tensor weight, bool[3] output_mask)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("relu(Tensor x) -> Tensor");
-  m.def("relu_backward(Tensor grad_out, Tensor out) -> Tensor");
+  m.def(("linear_relu_backward" + suffix +
+         "(Tensor grad_out, Tensor out, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
+            .c_str());
+  m.def(("relu" + suffix + "(Tensor x) -> Tensor").c_str());
+  m.def(("relu_backward" + suffix + "(Tensor grad_out, Tensor out) -> Tensor").c_str());
+}
+
+TORCH_LIBRARY(twolayer_ops, m) {
+  define_backend_ops(m, "");
+  define_backend_ops(m, "_triton");
   // The seed net's whole training step (forward, MSE-sum loss, backward, optimizer update) in one
   // call; returns the loss. Kernels: train_step.cpp (CPU), cuda/train_step.cu (CUDA).
   m.def("two_layer_step(Tensor x, Tensor y, Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state, "

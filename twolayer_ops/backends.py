@@ -99,9 +99,13 @@ def available_backends(device="cpu"):
 
 def resolve_backend(name, tensor):
     """The Backend that will run `tensor`: "auto" takes native where it has a kernel, else torch."""
+    backend = _RESOLVED.get((name, tensor.device.type, tensor.dtype))
+    return backend if backend is not None else _resolve(name, tensor.device.type, tensor.dtype)
+
+
+def _resolve(name, device_type, dtype):
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    device_type, dtype = tensor.device.type, tensor.dtype
     if name == "auto":
         return BACKENDS["native"] if BACKENDS["native"].supports(device_type, dtype) else BACKENDS["torch"]
     backend = BACKENDS[name]
@@ -111,3 +115,18 @@ def resolve_backend(name, tensor):
             f"available here: {', '.join(available_backends(device_type)) or 'none'} (or backend='auto')"
         )
     return backend
+
+
+def _resolvable(name, device_type, dtype):
+    return name == "auto" or BACKENDS[name].supports(device_type, dtype)
+
+
+# Resolving is on every call's path: the valid answers are looked up, never recomputed. Built once
+# here, never changed, so that code traced by torch.compile sees a constant.
+_RESOLVED = {
+    (name, device_type, dtype): _resolve(name, device_type, dtype)
+    for name in BACKEND_NAMES
+    for device_type in ("cpu", "cuda")
+    for dtype in FLOAT_DTYPES
+    if _resolvable(name, device_type, dtype)
+}

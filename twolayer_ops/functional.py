@@ -2,7 +2,6 @@
 import torch
 
 from .backends import resolve_backend
-from .ops import linear_relu_grads, relu_grad, save_linear_relu, save_relu
 
 
 def _check_tensor(op, name, t):
@@ -13,7 +12,25 @@ def _check_tensor(op, name, t):
 
 
 def check_linear_relu_args(x, weight, bias):
-    """Clear errors for bad shapes, dtypes and devices, the same for every backend."""
+    """Clear errors for bad shapes, dtypes and devices, the same for every backend. The common,
+    valid case is decided by one cheap test; only a failure looks closer, to say what is wrong."""
+    try:
+        if (
+            x.dtype is weight.dtype
+            and x.is_floating_point()
+            and weight.dim() == 2
+            and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1]
+            and x.device == weight.device
+            and (bias is None or (bias.dtype is x.dtype and bias.shape == weight.shape[:1] and bias.device == x.device))
+        ):
+            return
+    except AttributeError:
+        pass  # not a tensor: explained below
+    _explain_bad_args(x, weight, bias)
+
+
+def _explain_bad_args(x, weight, bias):
     named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     for name, t in named:
         _check_tensor("linear_relu", name, t)
@@ -33,6 +50,7 @@ def check_linear_relu_args(x, weight, bias):
             raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"linear_relu: {name} is on {t.device} but x is on {x.device}")
+    raise AssertionError("check_linear_relu_args rejected arguments that _explain_bad_args accepts")
 
 
 def linear_relu(x, weight, bias=None, *, backend="auto"):
@@ -52,19 +70,27 @@ def relu(x, *, backend="auto"):
 
 class LinearReLUFunction(torch.autograd.Function):
     """The fused op as an autograd Function: LinearReLUFunction.apply(x, weight, bias, backend).
-    Its backward is the same formula the registered ops use."""
+    Its backward is the ops' own formula (csrc/autograd.cpp): the backend's backward op, asked for
+    only the gradients autograd needs, with the mask taken from the saved output."""
 
     @staticmethod
     def forward(ctx, x, weight, bias=None, backend="auto"):
         check_linear_relu_args(x, weight, bias)
         ctx.backend = resolve_backend(backend, x)
         out = ctx.backend.linear_relu(x, weight, bias)
-        save_linear_relu(ctx, (x, weight, bias), out)
+        ctx.save_for_backward(x, weight, out)
+        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return (*linear_relu_grads(ctx, grad_out, ctx.backend.linear_relu_backward), None)
+        x, weight, out = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], ctx.has_bias and need[2]]
+        if not any(mask):
+            return None, None, None, None
+        grads = ctx.backend.linear_relu_backward(grad_out, out, x, weight, mask)
+        return (*(g if m else None for g, m in zip(grads, mask)), None)
 
 
 class MyReLU(torch.autograd.Function):
@@ -76,9 +102,10 @@ class MyReLU(torch.autograd.Function):
         _check_tensor("MyReLU", "x", x)
         ctx.backend = resolve_backend(backend, x)
         out = ctx.backend.relu(x)
-        save_relu(ctx, (x,), out)
+        ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return relu_grad(ctx, grad_out, ctx.backend.relu_backward), None
+        (out,) = ctx.saved_tensors
+        return ctx.backend.relu_backward(grad_out, out), None

@@ -1,6 +1,6 @@
 """The Triton backend: y = relu(x @ W^T + b), its backward, and a standalone ReLU, as Triton kernels
 behind four torch.library ops (twolayer_ops::linear_relu_triton, linear_relu_backward_triton,
-relu_triton, relu_backward_triton) with the native ops' schemas, fake kernels and autograd formula.
+relu_triton, relu_backward_triton): the native ops' schemas, fake kernels and C++ autograd formula.
 
 The three GEMM kernels share one scheme: each program owns one output tile, walks the reduction
 dimension in BLOCK-sized steps with an fp32 accumulator (fp64 for float64), and programs are
@@ -503,20 +503,18 @@ def relu_backward(grad_out, out):
     return elementwise(relu_backward_kernel, "relu_backward_triton", grad_out, out)
 
 
-# ---- registration: the native schemas under new names, then the shared fakes and autograd ------
+# ---- registration: kernels for the *_triton schemas of csrc/ops.cpp; fakes shared with native ----
 
-def define(native_name, impl):
-    """Defines twolayer_ops::<native_name>_triton with the native op's schema and `impl` for CPU and CUDA."""
-    schema = str(getattr(ops.ops, native_name).default._schema)
+def implement(native_name, impl):
+    """Registers `impl` for CPU and CUDA as twolayer_ops::<native_name>_triton."""
     qualname = f"twolayer_ops::{native_name}_triton"
-    torch.library.define(qualname, schema[schema.index("("):])
     torch.library.impl(qualname, ("CPU", "CUDA"), impl)
     return qualname
 
 
-ops.register_backend_ops(
-    define("linear_relu", linear_relu),
-    define("linear_relu_backward", linear_relu_backward),
-    define("relu", relu),
-    define("relu_backward", relu_backward),
+ops.register_fakes(
+    implement("linear_relu", linear_relu),
+    implement("linear_relu_backward", linear_relu_backward),
+    implement("relu", relu),
+    implement("relu_backward", relu_backward),
 )
