@@ -2,6 +2,7 @@
 
     python -m benchmarks.linear_relu                                  # CPU: fp32, seed sizes and 1024^3
     python -m benchmarks.linear_relu --device cuda --dtypes bfloat16 --shapes 8192x4096x4096
+    python -m benchmarks.linear_relu --device cuda --cases "tf32:4096x4096x4096;bfloat16:8192x4096x4096+8192x8192x8192"
 
 Providers: native, triton (the backends); eager relu(F.linear(...)) (the reference every speedup
 is taken against); addmm_act (torch._addmm_activation, the cuBLASLt ReLU epilogue: CUDA, forward
@@ -35,6 +36,11 @@ DEFAULTS = {
     "cpu": {"shapes": "64x1000x100,64x100x10,1024x1024x1024", "dtypes": "float32"},
     "cuda": {"shapes": GPU_SHAPES, "dtypes": "float32,tf32,bfloat16,float16"},
 }
+# The GPU report's cases: the seed layers, the fp32 and TF32 square GEMM, the LLM-MLP sizes in 16 bits.
+GPU_REPORT_CASES = (
+    "float32:64x1000x100+64x100x10+4096x4096x4096;tf32:4096x4096x4096;"
+    "bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096"
+)
 
 
 def _mm_ceiling(mode):
@@ -152,14 +158,15 @@ def applicable(name, mode, device):
     return not (name == "addmm_act" and mode != "fwd")
 
 
-def run(device, shapes, dtypes, modes, provider_names=None, progress=True):
+def run(device, cases, modes, provider_names=None, progress=True):
+    """cases: [((M, K, N), dtype name)]; every provider, every mode, in one process."""
     found = providers(device, provider_names)
     names = provider_names or list(found)
     unknown = [p for p in names if p not in found]
     if unknown:
         raise SystemExit(f"provider(s) {', '.join(unknown)} not available on {device}; available: {', '.join(found)}")
     names = list(dict.fromkeys(["eager", "mm", *names]))  # the two references of every ratio
-    jobs = [(s, dt, mode, p) for s in shapes for dt in dtypes for mode in modes for p in names if applicable(p, mode, device)]
+    jobs = [(s, dt, mode, p) for s, dt in cases for mode in modes for p in names if applicable(p, mode, device)]
     rows = []
     for (m, k, n), dt_name, mode, name in tqdm(jobs, desc="linear_relu", unit="case", file=sys.stderr, disable=not progress):
         dtype = DTYPES[dt_name]
@@ -207,6 +214,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shapes", help="comma-separated MxKxN (default depends on the device)")
     parser.add_argument("--dtypes", help="comma-separated from float32, tf32, bfloat16, float16")
+    parser.add_argument("--cases", help='dtype:shape+shape;dtype:... pairs instead of --shapes x --dtypes')
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--providers", help="comma-separated subset (default: all available)")
     parser.add_argument("--csv", help="write the rows to this CSV file")
@@ -214,21 +222,29 @@ def parse_args(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     d = DEFAULTS[args.device]
-    args.shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or d["shapes"]).split(",")]
-    args.dtypes = (args.dtypes or d["dtypes"]).split(",")
+    shape = lambda s: tuple(int(v) for v in s.split("x"))  # noqa: E731
+    try:
+        if args.cases:
+            args.cases = [(shape(s), dt) for group in args.cases.split(";") for dt, shapes in [group.split(":")]
+                          for s in shapes.split("+")]
+        else:
+            dtypes = (args.dtypes or d["dtypes"]).split(",")
+            args.cases = [(shape(s), dt) for dt in dtypes for s in (args.shapes or d["shapes"]).split(",")]
+    except ValueError:
+        parser.error("shapes are MxKxN, cases dtype:MxKxN+MxKxN;dtype:...")
     args.modes = args.modes.split(",")
     args.providers = args.providers.split(",") if args.providers else None
-    bad = [t for t in args.dtypes if t not in DTYPES] + [m for m in args.modes if m not in MODES]
-    if bad or any(len(s) != 3 for s in args.shapes):
-        parser.error(f"bad --dtypes/--modes/--shapes: {', '.join(bad) or args.shapes}")
-    if args.device == "cpu" and any(t not in ("float32",) for t in args.dtypes):
+    bad = [dt for _, dt in args.cases if dt not in DTYPES] + [m for m in args.modes if m not in MODES]
+    if bad or any(len(s) != 3 for s, _ in args.cases):
+        parser.error(f"bad dtypes, modes or shapes: {', '.join(bad) or args.cases}")
+    if args.device == "cpu" and any(dt != "float32" for _, dt in args.cases):
         parser.error("the CPU run measures float32 (the native CPU kernels' fast dtype)")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    rows = run(args.device, args.shapes, args.dtypes, args.modes, args.providers)
+    rows = run(args.device, args.cases, args.modes, args.providers)
     print(f"\n{device_name(args.device)}\n")
     print_markdown(rows)
     if args.csv:

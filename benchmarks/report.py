@@ -54,8 +54,7 @@ def main(argv=None, prog=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=None, help="folder for the CSVs, plots and report.md (default out/bench-DEVICE)")
     parser.add_argument("--docs", action="store_true", help="also write this device's section of docs/PERFORMANCE.md")
-    parser.add_argument("--shapes", help="kernel shapes, comma-separated MxKxN (default depends on the device)")
-    parser.add_argument("--dtypes", help="kernel dtypes (default depends on the device)")
+    parser.add_argument("--cases", help="kernel cases, dtype:MxKxN+MxKxN;dtype:... (default depends on the device)")
     parser.add_argument("--trainer-steps", type=int, default=500)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -63,9 +62,9 @@ def main(argv=None, prog=None):
     out = args.out or os.path.join("out", f"bench-{args.device}")
     os.makedirs(out, exist_ok=True)
 
-    kargs = ["--device", args.device] + (["--shapes", args.shapes] if args.shapes else []) + (["--dtypes", args.dtypes] if args.dtypes else [])
-    k = linear_relu.parse_args(kargs)
-    kernel_rows = linear_relu.run(k.device, k.shapes, k.dtypes, k.modes)
+    cases = args.cases or (linear_relu.GPU_REPORT_CASES if args.device == "cuda" else None)
+    k = linear_relu.parse_args(["--device", args.device] + (["--cases", cases] if cases else []))
+    kernel_rows = linear_relu.run(k.device, k.cases, k.modes)
     backends = [b for b in linear_relu.providers(args.device) if b in ("native", "triton")] + ["torch"]
     recipes = [r for r in trainers.RECIPES if r != "numpy"]
     trainer_rows = trainers.run(recipes, backends, args.device, args.trainer_steps, repeats=3)
