@@ -9,6 +9,7 @@ import datetime
 import io
 import os
 import re
+import shutil
 
 import torch
 
@@ -72,18 +73,18 @@ def main(argv=None, prog=None):
     write_csv(kernel_rows, os.path.join(out, "linear_relu.csv"), args.device)
     write_csv(trainer_rows, os.path.join(out, "trainers.csv"), args.device)
     title = f"{device_name(args.device)}, torch {torch.__version__}"
-    img_dir = os.path.join(DOCS, "img") if args.docs else out
-    os.makedirs(img_dir, exist_ok=True)
-    plots = [os.path.join(img_dir, f"{args.device}_tflops.png"), os.path.join(img_dir, f"{args.device}_trainers.png")]
-    plot_tflops(kernel_rows, plots[0], f"linear_relu, {title}")
-    plot_trainers(trainer_rows, plots[1], f"seed programs vs recipes, {title}")
+    names = [f"{args.device}_tflops.png", f"{args.device}_trainers.png"]
+    plot_tflops(kernel_rows, os.path.join(out, names[0]), f"linear_relu, {title}")
+    plot_trainers(trainer_rows, os.path.join(out, names[1]), f"seed programs vs recipes, {title}")
     command = f"python -m benchmarks.report --device {args.device} --docs"
-    rel = [os.path.relpath(p, DOCS if args.docs else out) for p in plots]
-    text = section(args.device, kernel_rows, trainer_rows, rel, command)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
+        f.write(section(args.device, kernel_rows, trainer_rows, names, command))
+    text = section(args.device, kernel_rows, trainer_rows, [f"img/{n}" for n in names], command)
     print(text)
     if args.docs:
+        os.makedirs(os.path.join(DOCS, "img"), exist_ok=True)
+        for name in names:
+            shutil.copy(os.path.join(out, name), os.path.join(DOCS, "img", name))
         print(f"updated {update_docs(args.device, text)}")
 
 
