@@ -51,7 +51,7 @@ step env 60 "$PY" -c "import torch, triton, twolayer_ops as t; print(torch.__ver
 if [[ $what == core ]]; then
   step tests 330 "$PY" -m pytest -q -rs -m cuda --durations=20
   if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck; do
+    for tool in memcheck racecheck synccheck; do
       step "sanitize_$tool" 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
     done
   else

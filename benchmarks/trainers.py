@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import twolayer_ops
 from tests import seed_programs
-from twolayer_ops.trainers import RECIPES
+from twolayer_ops.trainers import FUSED_STEP_RECIPES, RECIPES
 
 from .results import Row, device_name, write_csv
 
@@ -35,11 +35,13 @@ def best_ms(fn, repeats, device):
 
 def run(recipes, backends, device, steps, repeats, progress=True):
     rows = []
-    jobs = [(r, b) for r in recipes for b in ["seed", *backends]]
+    jobs = [(r, b) for r in recipes for b in ["seed", *backends] if b != "fused_step" or r in FUSED_STEP_RECIPES]
     for recipe, backend in tqdm(jobs, desc="trainers", unit="run", file=sys.stderr, disable=not progress):
         if backend == "seed":
             kwargs = {"steps": steps} if recipe == "numpy" else {"steps": steps, "device": device}
             fn = lambda: seed_programs.PROGRAMS[recipe](**kwargs)  # noqa: E731
+        elif backend == "fused_step":
+            fn = lambda: RECIPES[recipe](steps=steps, device=device, fused_step=True)  # noqa: E731
         else:
             fn = lambda: RECIPES[recipe](steps=steps, device=device, backend=backend)  # noqa: E731
         fn()  # warm-up: autotuning, lazy init and allocator growth stay out of the timing
@@ -58,7 +60,8 @@ def print_table(rows, file=None):
     print("|---|---:|" + "---:|---:|" * len(providers), file=file)
     for recipe in dict.fromkeys(r.shape for r in rows):
         seed = times[(recipe, "seed")]
-        cells = [f"{times[(recipe, p)]:.1f} | {seed / times[(recipe, p)]:.2f}x" for p in providers]
+        cells = [f"{times[(recipe, p)]:.1f} | {seed / times[(recipe, p)]:.2f}x" if (recipe, p) in times else " | "
+                 for p in providers]
         print(f"| {recipe} | {seed:.1f} | " + " | ".join(cells) + " |", file=file)
 
 
@@ -66,7 +69,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--recipes", default=",".join(r for r in RECIPES if r != "numpy"))
-    parser.add_argument("--backends", help="default: native and torch (and triton on CUDA)")
+    parser.add_argument("--backends", help="default: native, torch and fused_step (and triton on CUDA)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--csv", help="write the rows to this CSV file")
@@ -75,9 +78,9 @@ def main(argv=None):
         parser.error("--device cuda: no CUDA device is visible")
     available = twolayer_ops.available_backends(args.device)
     default = [b for b in available if b != "triton" or args.device == "cuda"]  # the interpreter is no timing path
-    backends = args.backends.split(",") if args.backends else default
+    backends = args.backends.split(",") if args.backends else default + ["fused_step"]
     recipes = args.recipes.split(",")
-    bad = [r for r in recipes if r not in RECIPES] + [b for b in backends if b not in available]
+    bad = [r for r in recipes if r not in RECIPES] + [b for b in backends if b not in available + ["fused_step"]]
     if bad:
         parser.error(f"unknown or unavailable here: {', '.join(bad)}")
     rows = run(recipes, backends, args.device, args.steps, args.repeats)

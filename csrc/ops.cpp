@@ -65,9 +65,17 @@ at::Tensor masked_grad_cpu(const at::Tensor& grad_out, const at::Tensor& out) {
   at::Tensor gm = at::empty({M, N}, g.options());
   if (gm.numel() == 0) return gm;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "masked_grad_cpu", [&] {
+    scalar_t* __restrict__ dst = gm.data_ptr<scalar_t>();
+    if (g.is_contiguous() && o.is_contiguous()) {  // the common case: one flat, vectorizable loop
+      const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* __restrict__ op = o.const_data_ptr<scalar_t>();
+      at::parallel_for(0, M * N, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) dst[i] = op[i] <= scalar_t(0) ? scalar_t(0) : gp[i];
+      });
+      return;
+    }
     const auto ga = g.accessor<scalar_t, 2>();  // strided: any layout of grad_out
     const auto oa = o.accessor<scalar_t, 2>();
-    scalar_t* dst = gm.data_ptr<scalar_t>();
     at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m)
         for (int64_t n = 0; n < N; ++n) dst[m * N + n] = oa[m][n] <= scalar_t(0) ? scalar_t(0) : ga[m][n];
