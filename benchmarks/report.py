@@ -40,7 +40,7 @@ def update_docs(device, text):
     path = os.path.join(DOCS, "PERFORMANCE.md")
     begin, end = f"<!-- {device}:begin -->", f"<!-- {device}:end -->"
     block = f"{begin}\n{text}{end}"
-    doc = open(path).read() if os.path.exists(path) else ""
+    doc = open(path).read() if os.path.exists(path) else "# Performance\n"
     if begin in doc:
         doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
     else:
