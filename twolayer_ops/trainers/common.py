@@ -43,11 +43,14 @@ def prepare(steps, seed, device, backend, dtype, *, seed_python=False):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (or cuda:N), got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} is not available: no CUDA device is visible")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
     if backend != "auto" and backend not in available_backends(dev):
         raise ValueError(f"backend {backend!r} is not available on {dev.type}; available: {', '.join(available_backends(dev))}")
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
