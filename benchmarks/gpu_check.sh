@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The one-call GPU check, for a fresh GPU machine with torch and triton but no network:
-#   bash benchmarks/gpu_check.sh OUT_DIR [core|tune]
-# core (default, about 8 minutes): build; the CUDA-marked tests (native, triton, the opt-in Hopper paths
-#   and the fused step, each in its own test files); compute-sanitizer memcheck and racecheck on every
-#   CUDA kernel; the benchmark report (kernels and trainers: CSVs, plots, report.md, PERFORMANCE.md).
-# tune (a second call on the warm machine, about 7 minutes): the Hopper evidence (SASS, ptxas, sm90
-#   timings), the fused-step benchmark and the Triton config sweep.
-# Writes at most 8 files under OUT_DIR (the logs as one logs.tar.gz), prints a short table last, and
-# exits non-zero when any step failed.
+#   bash benchmarks/gpu_check.sh OUT_DIR [test|report|tune]
+# Each stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
+#   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
+#          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
+#   report the benchmark report: kernels (every provider, fwd/bwd/fwdbwd) and trainers; writes the
+#          CSVs, plots, report.md and the GPU section of docs/PERFORMANCE.md (copied to OUT_DIR).
+#   tune   the Hopper evidence (SASS, ptxas, sm90 timings), the sm90 sanitizer run, the fused-step
+#          benchmark and the Triton config sweep.
+# The logs go to OUT_DIR/logs.tar.gz, refreshed after every step (so a call cut short keeps them);
+# OUT_DIR holds at most 8 files. Prints a short table last; exits non-zero when any step failed.
 set -uo pipefail
-out=${1:?usage: gpu_check.sh OUT_DIR [core|tune]}
-what=${2:-core}
+out=${1:?usage: gpu_check.sh OUT_DIR [test|report|tune]}
+stage=${2:-test}
 cd "$(dirname "$0")/.."
-mkdir -p "$out/logs"
-logs=$out/logs
+mkdir -p "$out"
+logs=$(mktemp -d)/logs
+mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 failed=()
@@ -29,12 +32,13 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, rememb
     tail -25 "$logs/$name.log"
     failed+=("$name")
   fi
+  tar -czf "$out/logs.tar.gz" -C "$(dirname "$logs")" logs
 }
 
 finish() {
-  tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
   if ((${#failed[@]})); then echo; echo "FAILED steps: ${failed[*]}"; exit 1; fi
   echo; echo "all steps passed"
+  exit 0
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
@@ -48,25 +52,32 @@ if [[ "$(cat build/.gpu_check_stamp 2>/dev/null)" != "$stamp" ]] || ! "$PY" -c "
 fi
 step env 60 "$PY" -c "import torch, triton, twolayer_ops as t; print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print('cuda backends:', t.available_backends('cuda'))"
 
-if [[ $what == core ]]; then
-  step tests 330 "$PY" -m pytest -q -rs -m cuda --durations=20
-  if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck synccheck; do
-      step "sanitize_$tool" 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
-    done
-  else
-    echo "compute-sanitizer not found"; failed+=(sanitize)
-  fi
-  step report 240 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
-  cp docs/PERFORMANCE.md "$out/" 2>/dev/null
-  echo; echo "== tests"; tail -3 "$logs/tests.log"
-  echo; sed -n '/^### Kernels/,/^!\[TFLOP/p' "$out/report.md" | grep -E "^\| (shape|[0-9])" | grep -E "\| (native|triton|mm|eager|addmm_act|compile) \|" | head -80
-  echo; sed -n '/^### Trainers/,$p' "$out/report.md" | head -14
-else
-  step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
-  step sanitize_sm90 120 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
-  step fused_step_bench 90 "$PY" -m benchmarks.fused_step_bench
-  step triton_tune 260 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 200
-  echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -12 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
-fi
+case $stage in
+  test)
+    step tests 360 "$PY" -m pytest -q -rs -m cuda --durations=20
+    if command -v compute-sanitizer >/dev/null; then
+      for tool in memcheck racecheck synccheck; do
+        step "sanitize_$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
+      done
+    else
+      echo "compute-sanitizer not found"; failed+=(sanitize)
+    fi
+    echo; echo "== tests"; grep -E "passed|failed|error" "$logs/tests.log" | tail -3
+    grep -E "^(FAILED|ERROR)" "$logs/tests.log" | head -40
+    ;;
+  report)
+    step report 540 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
+    cp docs/PERFORMANCE.md "$out/" 2>/dev/null
+    echo; grep -E "^\| (shape|[0-9])" "$out/report.md" | head -90
+    echo; sed -n '/^### Trainers/,$p' "$out/report.md" | grep "^|"
+    ;;
+  tune)
+    step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
+    step sanitize_sm90 120 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
+    step fused_step_bench 90 "$PY" -m benchmarks.fused_step_bench
+    step triton_tune 240 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 180
+    echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -12 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
+    ;;
+  *) echo "unknown stage $stage: test, report or tune"; exit 2 ;;
+esac
 finish
