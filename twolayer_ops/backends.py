@@ -38,7 +38,7 @@ def _torch_linear_relu_backward(grad_out, out, x, weight, output_mask):
 def _triton_backend():
     """The triton backend; where the triton package is missing it is listed but supports nothing."""
     try:
-        from .triton_kernels import linear_relu as triton_kernels  # defines twolayer_ops::*_triton
+        from .triton_kernels import linear_relu as triton_kernels  # implements twolayer_ops::*_triton
     except ModuleNotFoundError as err:
         if err.name != "triton":
             raise
