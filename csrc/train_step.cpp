@@ -79,8 +79,10 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
     grads[3].add_(gy.sum(0));
     at::Tensor gh = at::mm(gy, w2);
     T* ghp = gh.data_ptr<T>();
-    for (int64_t i = 0; i < n * hidden; ++i)
-      if (hp[i] <= T(0)) ghp[i] = T(0);
+    for (int64_t i = 0; i < n * hidden; ++i) {  // both loaded: a branch-free select
+      const T h_i = hp[i], g_i = ghp[i];
+      ghp[i] = h_i <= T(0) ? T(0) : g_i;
+    }
     grads[0].addmm_(gh.t(), x);
     grads[1].add_(gh.sum(0));
 
