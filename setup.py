@@ -74,7 +74,10 @@ def _nvcc_arch_flags():
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-cxx_flags = ["-O3"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
+cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
+# at::parallel_for is an inline OpenMP region: compiled without -fopenmp it silently runs on one thread.
+# The libgomp linked here has torch's own libgomp's soname, so the process keeps one OpenMP runtime.
+link_flags = ["-fopenmp"]
 sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
 if BUILD_CUDA:
     sources += sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))
@@ -86,10 +89,15 @@ if BUILD_CUDA:
             "cxx": cxx_flags,
             "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v", *_nvcc_arch_flags()],
         },
+        extra_link_args=link_flags,
     )
 else:
     extension = CppExtension(
-        "twolayer_ops._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=cxx_flags
+        "twolayer_ops._C",
+        sources,
+        include_dirs=[os.path.join(here, "csrc")],
+        extra_compile_args=cxx_flags,
+        extra_link_args=link_flags,
     )
 
 setup(

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_gemm.h"
 #include "linear_relu.h"
 
 namespace twolayer_ops {
@@ -44,8 +45,10 @@ at::Tensor linear_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t M = x2.size(0), N = weight.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
   if (out.numel() > 0) {
-    at::mm_out(out, x2, weight.t());  // BLAS; K == 0 gives zeros
     const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    const float* fused_bias = b.defined() && b.scalar_type() == at::kFloat ? b.const_data_ptr<float>() : nullptr;
+    if (cpu_gemm::linear(x2, weight, fused_bias, /*relu=*/true, out)) return out.view(linear_out_sizes(x, N));
+    at::mm_out(out, x2, weight.t());  // BLAS; K == 0 gives zeros
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_relu_cpu", [&] {
       scalar_t* o = out.data_ptr<scalar_t>();
       const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
@@ -91,6 +94,13 @@ at::Tensor masked_grad_cpu(const at::Tensor& grad_out, const at::Tensor& out) {
   return gm;
 }
 
+// a @ b: the small-GEMM kernels where they apply, else BLAS.
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  if (!cpu_gemm::matmul(a, b, out, /*accumulate=*/false)) at::mm_out(out, a, b);
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
@@ -103,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cpu(
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(),
               "linear_relu_backward: grad_out and out must match x's dtype and device");
   const at::Tensor gm = masked_grad_cpu(grad_out, out);
-  const at::Tensor grad_x = output_mask[0] ? at::mm(gm, weight).view(x.sizes()) : unrequested(x);
-  const at::Tensor grad_w = output_mask[1] ? at::mm(gm.t(), as_matrix(x)) : unrequested(x);
+  const at::Tensor grad_x = output_mask[0] ? product(gm, weight).view(x.sizes()) : unrequested(x);
+  const at::Tensor grad_w = output_mask[1] ? product(gm.t(), as_matrix(x)) : unrequested(x);
   const at::Tensor grad_b = output_mask[2] ? gm.sum(0) : unrequested(x);
   return {grad_x, grad_w, grad_b};
 }

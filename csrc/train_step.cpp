@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cpu_gemm.h"
 #include "train_step.h"
 
 namespace twolayer_ops {
@@ -38,6 +39,16 @@ void momentum_sgd(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ bu
   });
 }
 
+// The float data of t, or null for another dtype (the small-GEMM kernels then decline).
+const float* as_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? t.const_data_ptr<float>() : nullptr;
+}
+
+// acc += a @ b.
+void accumulate_product(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  if (!cpu_gemm::matmul(a, b, acc, /*accumulate=*/true)) acc.addmm_(a, b);
+}
+
 at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList params, at::TensorList grads,
                               at::TensorList state, c10::string_view optimizer_view, double lr, double momentum,
                               double beta1, double beta2, double eps, int64_t step, double loss_scale, bool update) {
@@ -52,16 +63,21 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "two_layer_step_cpu", [&] {
     using T = scalar_t;
-    // Forward: h = relu(x W1^T + b1), one pass after BLAS; y_pred = b2 + h W2^T.
-    at::Tensor h = at::mm(x, w1.t());
+    // Forward: h = relu(x W1^T + b1); y_pred = h W2^T + b2. The small-GEMM kernels fuse the bias
+    // (and ReLU); BLAS, where they do not apply, is followed by one pass.
+    at::Tensor h = at::empty({n, hidden}, x.options());
     T* hp = h.data_ptr<T>();
-    const T* b1p = b1.const_data_ptr<T>();
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < hidden; ++j) {
-        const T v = hp[i * hidden + j] + b1p[j];
-        hp[i * hidden + j] = v <= T(0) ? T(0) : v;
-      }
-    at::Tensor gy = at::addmm(b2, h, w2.t());
+    if (!cpu_gemm::linear(x, w1, as_float(b1), /*relu=*/true, h)) {
+      at::mm_out(h, x, w1.t());
+      const T* b1p = b1.const_data_ptr<T>();
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < hidden; ++j) {
+          const T v = hp[i * hidden + j] + b1p[j];
+          hp[i * hidden + j] = v <= T(0) ? T(0) : v;
+        }
+    }
+    at::Tensor gy = at::empty({n, d_out}, x.options());
+    if (!cpu_gemm::linear(h, w2, as_float(b2), /*relu=*/false, gy)) at::addmm_out(gy, b2, h, w2.t());
     // Loss and its gradient in one pass: gy = 2 * scale * (y_pred - y), in place of y_pred.
     const at::Tensor yc = y.contiguous();
     const T* yp = yc.const_data_ptr<T>();
@@ -75,15 +91,16 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
     }
     loss.fill_(total);
     // Backward: layer 2, then the masked hidden gradient, then layer 1.
-    grads[2].addmm_(gy.t(), h);
+    accumulate_product(grads[2], gy.t(), h);
     grads[3].add_(gy.sum(0));
-    at::Tensor gh = at::mm(gy, w2);
+    at::Tensor gh = at::empty({n, hidden}, x.options());
+    if (!cpu_gemm::matmul(gy, w2, gh, /*accumulate=*/false)) at::mm_out(gh, gy, w2);
     T* ghp = gh.data_ptr<T>();
     for (int64_t i = 0; i < n * hidden; ++i) {  // both loaded: a branch-free select
       const T h_i = hp[i], g_i = ghp[i];
       ghp[i] = h_i <= T(0) ? T(0) : g_i;
     }
-    grads[0].addmm_(gh.t(), x);
+    accumulate_product(grads[0], gh.t(), x);
     grads[1].add_(gh.sum(0));
 
     if (update && optimizer == "adam") {

@@ -11,7 +11,7 @@ from twolayer_ops.fused_step import FusedTwoLayerStep, two_layers
 from twolayer_ops.trainers import FUSED_STEP_RECIPES, RECIPES
 
 from . import seed_programs
-from .test_trainers import assert_same_curve
+from .test_trainers import assert_same_curve, assert_same_params
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -72,9 +72,7 @@ def test_recipe_fused_step_matches_seed_program(device, recipe):
     assert fused.backend == "fused_step"
     assert_same_curve(fused.losses, want_losses, "fused vs seed")
     assert_same_curve(fused.losses, unfused.losses, "fused vs unfused")
-    for (name, got), want in zip(fused.model.state_dict().items(), want_params.values()):
-        atol = 1e-3 * want.abs().max().item()
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=atol, msg=lambda m: f"{name}: {m}")
+    assert_same_params(fused.model, want_params, recipe, 500, device)
 
 
 def test_loss_stays_on_the_device_and_is_a_tensor():

@@ -11,7 +11,7 @@
 //   * the dtype is float16 or bfloat16 and M*N*K >= 2^24 (smaller problems keep the portable path);
 //   * the operands suit TMA: x and W row-major (unit inner stride, row strides multiples of 16 bytes,
 //     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
-//     writes is read by TMA); no extent over 2^31 - 1.
+//     writes is read by TMA); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls]
 // (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device) for tests and benchmarks.
 #pragma once

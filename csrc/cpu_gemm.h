@@ -1,0 +1,18 @@
+// float32 GEMMs for small CPU problems, on the AVX2 kernels of cpu_gemm_avx2.cpp, split over ATen's
+// threads. Each returns false, touching nothing, where it does not apply (another dtype or layout,
+// a problem large enough that BLAS wins, or a CPU without AVX2 and FMA); the caller then uses BLAS.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace twolayer_ops {
+namespace cpu_gemm {
+
+// out (M, N) = relu?(a (M, K) @ b (N, K)^T + bias); a and b unit-stride along K, bias (N,) or null.
+bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool relu, const at::Tensor& out);
+
+// out (M, N) (+)= a (M, K) @ b (K, N); b unit-stride along N, a any strides.
+bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
+
+}  // namespace cpu_gemm
+}  // namespace twolayer_ops
