@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -74,10 +75,13 @@ def _nvcc_arch_flags():
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
-# at::parallel_for is an inline OpenMP region: compiled without -fopenmp it silently runs on one thread.
-# The libgomp linked here has torch's own libgomp's soname, so the process keeps one OpenMP runtime.
-link_flags = ["-fopenmp"]
+cxx_flags = ["-O3"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
+link_flags = []
+if sys.platform.startswith("linux"):
+    # at::parallel_for is an inline OpenMP region: compiled without -fopenmp it silently runs on one
+    # thread. The libgomp linked here has the soname of torch's own, so the process keeps one runtime.
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
 if BUILD_CUDA:
     sources += sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))

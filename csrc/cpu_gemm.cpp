@@ -11,15 +11,20 @@ namespace twolayer_ops {
 namespace cpu_gemm {
 namespace {
 
-// Above this many multiply-adds BLAS's packed, cache-blocked kernels win (measured on a 2-core AMD
-// EPYC: these kernels are 1.5-2.5x faster than MKL at the seed's 64x1000x100, MKL at 1024^3).
-constexpr int64_t kMaxMacs = int64_t(1) << 25;
+// Above this many multiply-adds BLAS's packed, cache-blocked kernels win. Measured on a 2-core AMD
+// EPYC, 2 threads: these kernels 1.2-1.5x faster than MKL at the seed's 64x1000x100 (MKL's two
+// threads share the work poorly there), even at 128^3, and MKL up to 1.5x faster at 256^3.
+constexpr int64_t kMaxMacs = int64_t(1) << 23;
 // Fewer multiply-adds than this per thread do not repay waking a thread.
 constexpr int64_t kMinMacsPerThread = int64_t(1) << 17;
 
 bool cpu_has_avx2_fma() {
+#if TWOLAYER_OPS_AVX2_KERNELS
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
+#else
+  return false;
+#endif
 }
 
 bool applies(const at::Tensor& out, int64_t M, int64_t N, int64_t K) {
@@ -48,6 +53,7 @@ bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool re
   if (!applies(out, M, N, K) || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
       a.stride(1) != 1 || b.stride(1) != 1)
     return false;
+#if TWOLAYER_OPS_AVX2_KERNELS  // else applies() was false
   const float* ap = a.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
   float* cp = out.mutable_data_ptr<float>();
@@ -55,6 +61,7 @@ bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool re
   split_columns(M, N, K, 4, [&](int64_t n0, int64_t n1) {
     avx2::gemm_nt(M, n1 - n0, K, ap, lda, bp + n0 * ldb, ldb, cp + n0, ldc, bias ? bias + n0 : nullptr, relu);
   });
+#endif
   return true;
 }
 
@@ -62,6 +69,7 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, boo
   const int64_t M = a.size(0), N = b.size(1), K = a.size(1);
   if (!applies(out, M, N, K) || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || b.stride(1) != 1)
     return false;
+#if TWOLAYER_OPS_AVX2_KERNELS  // else applies() was false
   const float* ap = a.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
   float* cp = out.mutable_data_ptr<float>();
@@ -69,6 +77,7 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, boo
   split_columns(M, N, K, 16, [&](int64_t n0, int64_t n1) {
     avx2::gemm_nn(M, n1 - n0, K, ap, sam, sak, bp + n0, ldb, cp + n0, ldc, accumulate);
   });
+#endif
   return true;
 }
 

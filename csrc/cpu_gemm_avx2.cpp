@@ -2,14 +2,16 @@
 // BLAS spends more time packing and synchronizing than multiplying (MKL reaches about 35 GFLOP/s a
 // core at 64x1000x100 on the AMD CPU we measured; these kernels need no packing). Single-threaded:
 // cpu_gemm.cpp splits the work and checks at run time that the CPU has AVX2 and FMA.
-// This file includes no ATen header, so no inline function compiled for AVX2 leaks to other callers.
-#pragma GCC target("avx2,fma")
-#include <immintrin.h>
+// It includes no ATen header, and the standard headers come before the target pragma, so no inline
+// function compiled for AVX2 here can be the copy the linker keeps for callers elsewhere.
+#include "cpu_gemm_avx2.h"
 
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu_gemm_avx2.h"
+#if TWOLAYER_OPS_AVX2_KERNELS
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
 
 namespace twolayer_ops {
 namespace avx2 {
@@ -189,3 +191,5 @@ void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64
 
 }  // namespace avx2
 }  // namespace twolayer_ops
+
+#endif  // TWOLAYER_OPS_AVX2_KERNELS

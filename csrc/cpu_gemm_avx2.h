@@ -4,6 +4,13 @@
 
 #include <cstdint>
 
+// GCC and Clang on x86-64 build the kernels; elsewhere cpu_gemm.h always declines, and BLAS runs.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TWOLAYER_OPS_AVX2_KERNELS 1
+#else
+#define TWOLAYER_OPS_AVX2_KERNELS 0
+#endif
+
 namespace twolayer_ops {
 namespace avx2 {
 
