@@ -11,8 +11,9 @@ three for both: the ceiling a fused kernel should reach). Shapes are MxKxN (x is
 N x K). Modes: fwd, bwd (the backward alone, after one untimed forward), fwdbwd.
 
 GPU times are triton.testing.do_bench medians with p20/p80, and the inputs rotate through enough
-copies to spill L2 when one set would fit; CPU times are torch.utils.benchmark medians. The first
-call (autotuning, compilation) is timed apart and reported as the "warmup" metric.
+copies to spill L2 when one set would fit; CPU times are torch.utils.benchmark medians over 5
+rounds that interleave the providers. The first call (autotuning, compilation) is timed apart and
+reported as the "warmup" metric.
 """
 import argparse
 import itertools
@@ -31,6 +32,7 @@ from .results import Row, device_name, print_markdown, write_csv
 
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("fwd", "bwd", "fwdbwd")
+CPU_ROUNDS = 5  # interleaved timing rounds per case on the CPU
 GPU_SHAPES = "64x1000x100,64x100x10,1024x1024x1024,4096x4096x4096,8192x4096x4096,8192x4096x16384,8192x8192x8192"
 DEFAULTS = {
     "cpu": {"shapes": "64x1000x100,64x100x10,1024x1024x1024", "dtypes": "float32"},
@@ -113,18 +115,29 @@ def workload(name, fn, mode, sets):
     return lambda: torch.autograd.grad(*next(graphs), retain_graph=True)
 
 
-def time_us(run, device):
-    """(p50, p20, p80) in microseconds."""
+def time_us(runs, device):
+    """{provider: (p50, p20, p80)} in microseconds for {provider: zero-argument callable}.
+
+    On the CPU the providers are timed in interleaved rounds and the quantiles taken over all
+    rounds, so that the drift of a shared machine's speed (15-40% over seconds) falls on every
+    provider alike instead of on whichever ran during a slow spell."""
     if device == "cuda":
         import triton.testing
 
-        return tuple(t * 1e3 for t in triton.testing.do_bench(run, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
+        return {name: tuple(t * 1e3 for t in triton.testing.do_bench(run, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
+                for name, run in runs.items()}
     import torch.utils.benchmark as benchmark
 
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
-    times = sorted(timer.blocked_autorange(min_run_time=0.5).times)
-    at = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e6  # noqa: E731
-    return at(0.5), at(0.2), at(0.8)
+    times = {name: [] for name in runs}
+    for _ in range(CPU_ROUNDS):
+        for name, run in runs.items():
+            timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+            times[name] += timer.blocked_autorange(min_run_time=0.1).times
+    quantiles = {}
+    for name, ts in times.items():
+        ts.sort()
+        quantiles[name] = tuple(ts[min(len(ts) - 1, int(q * len(ts)))] * 1e6 for q in (0.5, 0.2, 0.8))
+    return quantiles
 
 
 def saved_bytes(fn, x, w, b):
@@ -167,10 +180,10 @@ def run(device, cases, modes, provider_names=None, progress=True):
     if unknown:
         raise SystemExit(f"provider(s) {', '.join(unknown)} not available on {device}; available: {', '.join(found)}")
     names = list(dict.fromkeys(["eager", "mm", *names]))  # the two references of every ratio
-    jobs = [(s, dt, mode, p) for s, dt in cases for mode in modes for p in names if applicable(p, mode, device)]
+    groups = [(s, dt, mode) for s, dt in cases for mode in modes]
     rows = []
     cache = {}  # the input sets of the current shape and dtype, shared by its providers and modes
-    for (m, k, n), dt_name, mode, name in tqdm(jobs, desc="linear_relu", unit="case", file=sys.stderr, disable=not progress):
+    for (m, k, n), dt_name, mode in tqdm(groups, desc="linear_relu", unit="case", file=sys.stderr, disable=not progress):
         dtype = DTYPES[dt_name]
         torch.backends.cuda.matmul.allow_tf32 = dt_name == "tf32"
         key = (m, k, n, dtype, mode != "fwd")
@@ -178,26 +191,28 @@ def run(device, cases, modes, provider_names=None, progress=True):
             cache = {k_: v for k_, v in cache.items() if k_[:4] == key[:4]}  # drop other shapes' sets
             cache[key] = make_sets(m, k, n, dtype, device, mode != "fwd", copies_to_spill_l2(m, k, n, dtype, device))
         sets = cache[key]
-        run_once = workload(name, found[name], mode, sets)
-        start = time.perf_counter()
-        run_once()  # autotuning / compilation / lazy init: timed apart
-        if device == "cuda":
-            torch.cuda.synchronize()
-        warm_ms = (time.perf_counter() - start) * 1e3
-        p50, p20, p80 = time_us(run_once, device)
-        key = dict(op="linear_relu", provider=name, mode=mode, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
-        rows.append(Row(**key, metric="time", unit="us", p50=p50, p20=p20, p80=p80))
-        rows.append(Row(**key, metric="tflops", unit="TFLOP/s", p50=flops(m, k, n, mode) / p50 / 1e6))
-        rows.append(Row(**key, metric="warmup", unit="ms", p50=warm_ms))
-        if mode == "fwd" and name not in ("mm", "addmm_act"):
-            x, w, b, _ = sets[0]
-            with torch.enable_grad():
-                xs = [t.detach().requires_grad_() for t in (x, w, b)]
-                rows.append(Row(**key, metric="saved_for_backward", unit="MB", p50=saved_bytes(found[name], *xs) / 2**20))
-        peak = peak_bytes(run_once, device)
-        if peak is not None:
-            rows.append(Row(**key, metric="peak_memory", unit="MB", p50=peak / 2**20))
-        del run_once
+        runs, warm_ms = {}, {}
+        for name in [p for p in names if applicable(p, mode, device)]:
+            runs[name] = workload(name, found[name], mode, sets)
+            start = time.perf_counter()
+            runs[name]()  # autotuning / compilation / lazy init: timed apart
+            if device == "cuda":
+                torch.cuda.synchronize()
+            warm_ms[name] = (time.perf_counter() - start) * 1e3
+        for name, (p50, p20, p80) in time_us(runs, device).items():
+            key = dict(op="linear_relu", provider=name, mode=mode, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
+            rows.append(Row(**key, metric="time", unit="us", p50=p50, p20=p20, p80=p80))
+            rows.append(Row(**key, metric="tflops", unit="TFLOP/s", p50=flops(m, k, n, mode) / p50 / 1e6))
+            rows.append(Row(**key, metric="warmup", unit="ms", p50=warm_ms[name]))
+            if mode == "fwd" and name not in ("mm", "addmm_act"):
+                x, w, b, _ = sets[0]
+                with torch.enable_grad():
+                    xs = [t.detach().requires_grad_() for t in (x, w, b)]
+                    rows.append(Row(**key, metric="saved_for_backward", unit="MB", p50=saved_bytes(found[name], *xs) / 2**20))
+            peak = peak_bytes(runs[name], device)
+            if peak is not None:
+                rows.append(Row(**key, metric="peak_memory", unit="MB", p50=peak / 2**20))
+        del runs
     add_ratios(rows)
     return rows
 

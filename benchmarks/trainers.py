@@ -3,7 +3,8 @@
     python -m benchmarks.trainers                          # CPU, 500 steps, every recipe
     python -m benchmarks.trainers --device cuda --recipes optim,autograd
 
-Each cell is the wall time of one whole call (setup included, best of --repeats) for 500 steps;
+Each cell is the wall time of one whole call (setup included) for 500 steps, the best of --repeats
+rounds that each run every job once;
 the ratio is seed program time / recipe time, so > 1 means the recipe is faster.
 """
 import argparse
@@ -20,33 +21,41 @@ from twolayer_ops.trainers import FUSED_STEP_RECIPES, RECIPES
 from .results import Row, device_name, write_csv
 
 
-def best_ms(fn, repeats, device):
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) * 1e3)
-    return best
+def wall_ms(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
 
 
 def run(recipes, backends, device, steps, repeats, progress=True):
-    rows = []
-    jobs = [(r, b) for r in recipes for b in ["seed", *backends] if b != "fused_step" or r in FUSED_STEP_RECIPES]
-    for recipe, backend in tqdm(jobs, desc="trainers", unit="run", file=sys.stderr, disable=not progress):
-        if backend == "seed":
-            kwargs = {"steps": steps} if recipe == "numpy" else {"steps": steps, "device": device}
-            fn = lambda: seed_programs.PROGRAMS[recipe](**kwargs)  # noqa: E731
-        elif backend == "fused_step":
-            fn = lambda: RECIPES[recipe](steps=steps, device=device, fused_step=True)  # noqa: E731
-        else:
-            fn = lambda: RECIPES[recipe](steps=steps, device=device, backend=backend)  # noqa: E731
-        fn()  # warm-up: autotuning, lazy init and allocator growth stay out of the timing
-        ms = best_ms(fn, repeats, device)
-        rows.append(Row("train", backend, f"{steps} steps", recipe, "float32", "time", "ms", ms))
+    """Each run's best wall time over `repeats` rounds; a round runs every job once, so that a slow
+    spell of a shared machine falls on all of them rather than on one job's repeats."""
+    jobs = {}
+    for recipe in recipes:
+        for backend in ["seed", *backends]:
+            if backend == "seed":
+                kwargs = {"steps": steps} if recipe == "numpy" else {"steps": steps, "device": device}
+                jobs[recipe, backend] = lambda r=recipe, kw=kwargs: seed_programs.PROGRAMS[r](**kw)
+            elif backend == "fused_step":
+                if recipe in FUSED_STEP_RECIPES:
+                    jobs[recipe, backend] = lambda r=recipe: RECIPES[r](steps=steps, device=device, fused_step=True)
+            else:
+                jobs[recipe, backend] = lambda r=recipe, b=backend: RECIPES[r](steps=steps, device=device, backend=b)
+    best = {job: float("inf") for job in jobs}
+    # The first round is the warm-up (autotuning, lazy init, allocator growth) and is not timed.
+    bar = tqdm(total=len(jobs) * (repeats + 1), desc="trainers", unit="run", file=sys.stderr, disable=not progress)
+    for round_ in range(repeats + 1):
+        for job, fn in jobs.items():
+            ms = wall_ms(fn, device)
+            if round_:
+                best[job] = min(best[job], ms)
+            bar.update()
+    bar.close()
+    rows = [Row("train", backend, f"{steps} steps", recipe, "float32", "time", "ms", ms) for (recipe, backend), ms in best.items()]
     seed = {r.shape: r.p50 for r in rows if r.provider == "seed"}
     rows += [Row("train", r.provider, r.mode, r.shape, r.dtype, "speedup_vs_seed", "x", seed[r.shape] / r.p50) for r in list(rows)]
     return rows

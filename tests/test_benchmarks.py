@@ -1,0 +1,21 @@
+"""The benchmark drivers run end to end on tiny problems and produce the rows the report needs."""
+from benchmarks import linear_relu, trainers
+
+
+def test_kernel_benchmark_rows_and_ratios():
+    rows = linear_relu.run("cpu", [((8, 16, 4), "float32")], ["fwd", "fwdbwd"], ["native", "eager"], progress=False)
+    times = {(r.mode, r.provider): r.p50 for r in rows if r.metric == "time"}
+    assert set(times) == {(m, p) for m in ("fwd", "fwdbwd") for p in ("native", "eager", "mm")}
+    assert all(t > 0 for t in times.values())
+    speedups = {(r.mode, r.provider): r.p50 for r in rows if r.metric == "speedup_vs_eager"}
+    for (mode, provider), s in speedups.items():
+        assert abs(s - times[mode, "eager"] / times[mode, provider]) < 1e-9
+
+
+def test_trainer_benchmark_rows():
+    rows = trainers.run(["optim"], ["native", "fused_step"], "cpu", steps=3, repeats=1, progress=False)
+    times = {r.provider: r.p50 for r in rows if r.metric == "time"}
+    assert set(times) == {"seed", "native", "fused_step"} and all(t > 0 for t in times.values())
+    speedups = {r.provider: r.p50 for r in rows if r.metric == "speedup_vs_seed"}
+    assert speedups["seed"] == 1.0
+    assert abs(speedups["fused_step"] - times["seed"] / times["fused_step"]) < 1e-9
