@@ -218,7 +218,7 @@ def run(device, cases, modes, provider_names=None, progress=True):
 
 
 def add_ratios(rows):
-    """fraction of the same run's torch.mm time (>= 1; 1.00 is the ceiling) and speedup over eager."""
+    """time over the same run's torch.mm time (1.00: as fast as the GEMMs alone) and speedup over eager."""
     times = {(r.shape, r.dtype, r.mode, r.provider): r.p50 for r in rows if r.metric == "time"}
     for r in [r for r in rows if r.metric == "time"]:
         key = dict(op=r.op, provider=r.provider, mode=r.mode, shape=r.shape, dtype=r.dtype, tf32=r.tf32)

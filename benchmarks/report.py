@@ -25,7 +25,7 @@ def section(device, kernel_rows, trainer_rows, plots, command):
     print(f"## {device_name(device)}, {when}\n", file=out)
     print(f"torch {torch.__version__}. Reproduce: `{command}`\n", file=out)
     print("### Kernels\n", file=out)
-    print("`x mm` is the time over the same run's torch.mm time for the same GEMMs (1.00 is the ceiling);", file=out)
+    print("`x mm` is the time over the same run's torch.mm time for the same GEMMs (1.00: as fast as PyTorch's GEMMs alone; below 1.00: faster than them);", file=out)
     print("`vs eager` is the speedup over eager `relu(F.linear(...))`, > 1 is faster.\n", file=out)
     print_markdown(kernel_rows, file=out)
     print(f"\n![TFLOP/s by shape]({plots[0]})\n", file=out)
