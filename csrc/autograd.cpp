@@ -6,6 +6,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "linear_relu.h"
+
 namespace twolayer_ops {
 namespace autograd {
 
@@ -51,16 +53,16 @@ struct LinearReLUFunction : public torch::autograd::Function<LinearReLUFunction<
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out = O::linear_relu().call(x, weight, bias);
     ctx->save_for_backward({x, weight, out});
-    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["has_bias"] = has_bias(bias);
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &out = saved[2];
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool bias_given = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
+                                      bias_given && ctx->needs_input_grad(2)};
     if (!mask[0] && !mask[1] && !mask[2]) return {at::Tensor(), at::Tensor(), at::Tensor()};
     auto [gx, gw, gb] = O::linear_relu_backward().call(grad_outputs[0], out, x, weight, mask);
     return {mask[0] ? gx : at::Tensor(), mask[1] ? gw : at::Tensor(), mask[2] ? gb : at::Tensor()};

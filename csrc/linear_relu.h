@@ -17,6 +17,10 @@ inline bool is_float_dtype(c10::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// A bias was given: C++ callers may pass an optional that holds an undefined tensor, which torch
+// treats as None, so both count as no bias.
+inline bool has_bias(const std::optional<at::Tensor>& bias) { return bias.has_value() && bias->defined(); }
+
 // Checks x (..., K), weight (N, K), bias (N,) or None: one floating dtype, one device.
 inline void check_linear_relu_args(const at::Tensor& x, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias) {
@@ -31,7 +35,7 @@ inline void check_linear_relu_args(const at::Tensor& x, const at::Tensor& weight
               weight.scalar_type(), " differs from x dtype ", x.scalar_type());
   TORCH_CHECK(weight.device() == x.device(), "linear_relu: weight is on ", weight.device(),
               " but x is on ", x.device());
-  if (bias.has_value()) {
+  if (has_bias(bias)) {
     const at::Tensor& b = *bias;
     TORCH_CHECK(b.dim() == 1 && b.size(0) == weight.size(0), "linear_relu: bias must have shape (",
                 weight.size(0), ",), got ", b.sizes());

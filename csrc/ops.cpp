@@ -45,7 +45,7 @@ at::Tensor linear_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t M = x2.size(0), N = weight.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
   if (out.numel() > 0) {
-    const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    const at::Tensor b = has_bias(bias) ? bias->contiguous() : at::Tensor();
     const float* fused_bias = b.defined() && b.scalar_type() == at::kFloat ? b.const_data_ptr<float>() : nullptr;
     if (cpu_gemm::linear(x2, weight, fused_bias, /*relu=*/true, out)) return out.view(linear_out_sizes(x, N));
     at::mm_out(out, x2, weight.t());  // BLAS; K == 0 gives zeros

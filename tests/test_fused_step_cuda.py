@@ -29,8 +29,8 @@ ops = torch.ops.twolayer_ops
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
-# (N, D_in, H, D_out): the seed net; odd sizes; N above the grid (rows per block > 1); a batch whose
-# hidden gradient is staged in shared memory in several chunks for float64 Adam.
+# (N, D_in, H, D_out): the seed net; odd sizes; N above the grid (rows per block > 1). The hidden
+# gradient staged in several chunks is test_chunked_hidden_gradient_matches_cpu's case.
 SIZES = {
     "seed": (64, 1000, 100, 10),
     "odd": (7, 33, 19, 5),

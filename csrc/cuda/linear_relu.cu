@@ -553,11 +553,21 @@ void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor&
   });
 }
 
+// bfloat16 WMMA needs sm_80+: older GPUs get this error instead of the kernel's trap.
+void check_bf16_arch(const at::Tensor& x, const char* op) {
+  if (x.scalar_type() != at::kBFloat16) return;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
+  TORCH_CHECK(major >= 8, op, ": the native bfloat16 kernels need compute capability 8.0 or newer, this GPU has ",
+              major, ".x; use backend='torch'");
+}
+
 }  // namespace
 
 at::Tensor linear_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_linear_relu_args(x, weight, bias);
   TORCH_CHECK(x.is_cuda(), "linear_relu: expected CUDA tensors, got x on ", x.device());
+  check_bf16_arch(x, "linear_relu");
   c10::cuda::CUDAGuard device_guard(x.device());
   const at::Tensor x2 = as_matrix(x);
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
@@ -571,7 +581,7 @@ at::Tensor linear_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const
       g.K = K;
       g.a = make_opnd<scalar_t>(x2.const_data_ptr(), x2.stride(0), x2.stride(1), M, K);
       g.b = make_opnd<scalar_t>(weight.const_data_ptr(), weight.stride(1), weight.stride(0), K, N);
-      if (bias.has_value()) {
+      if (has_bias(bias)) {
         g.bias = bias->const_data_ptr();
         g.bias_s = bias->stride(0);
       }
@@ -588,6 +598,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cuda(const a
                                                                          std::array<bool, 3> output_mask) {
   check_linear_relu_args(x, weight, std::nullopt);
   TORCH_CHECK(x.is_cuda(), "linear_relu_backward: expected CUDA tensors, got x on ", x.device());
+  check_bf16_arch(x, "linear_relu_backward");
   check_grad_like_out(grad_out, out, "linear_relu_backward");
   TORCH_CHECK(out.sizes() == at::IntArrayRef(linear_out_sizes(x, weight.size(0))),
               "linear_relu_backward: saved output shape ", out.sizes(), " does not match x ", x.sizes(),

@@ -59,6 +59,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../linear_relu.h"
 #include "sm90.h"
 
 namespace twolayer_ops {
@@ -714,7 +715,7 @@ bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::opti
       !make_map(&mb, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, kBN))
     return false;
   GemmArgs a = out_args(out, M, N, K);
-  if (bias.has_value()) {
+  if (has_bias(bias)) {
     a.bias = static_cast<const uint16_t*>(bias->const_data_ptr());
     a.bias_s = bias->stride(0);
   }

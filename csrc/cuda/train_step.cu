@@ -39,8 +39,8 @@
 //   es * [N * (kl | 1) + (2 + ns) * kl * ujp] + max(es * min(N, 32) * ujp, es * (H + D_out) + 8 * D_out)
 // (plus 16-byte alignment), is at most the device's opt-in limit (227 KiB on H100/H200). The host
 // searches every split and takes the cheapest that fits (a rough cost model); none fitting is a clear
-// RuntimeError ("exceeds the on-chip limits of the fused CUDA step") and the Python side falls back to
-// the unfused path. In words, for float32 on 132 SMs: x, W1, W1's gradient and state must fit in all
+// RuntimeError ("exceeds the on-chip limits of the fused CUDA step"): such sizes train on the unfused
+// path (the recipes without fused_step). In words, for float32 on 132 SMs: x, W1, W1's gradient and state must fit in all
 // SMs' shared memory together, (N + (2 + ns) * H) * D_in <= ~7.5M elements (the seed net needs 0.46M
 // with Adam); one block's x slice, N * ceil(D_in / #SMs) <= ~57k elements; and one batch row's
 // activations, H + 3 * D_out <= ~57k. float64 halves each.
@@ -88,8 +88,8 @@ __device__ __forceinline__ T shfl_xor(T v, int m) {
   return __shfl_xor_sync(0xffffffffu, v, m);
 }
 
-// Correctly rounded, never contracted into an FMA: the optimizer's arithmetic matches the CPU's
-// operation by operation.
+// Correctly rounded, never contracted into an FMA, so that the optimizer's arithmetic is exactly the
+// formula written in apply_opt.
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
@@ -280,7 +280,9 @@ __device__ __forceinline__ OptConsts<T> opt_consts(const FusedArgs<T>& a, int64_
   return c;
 }
 
-// One element's optimizer step, operation for operation the CPU's (train_step.cpp).
+// One element's optimizer step: torch.optim's formulas, Adam in the form of its default (foreach)
+// path, step_size * (m / denom). The CPU step runs ATen's fused Adam, (step_size * m) / denom with an
+// FMA in its lerp: the two differ by about an ulp per update, within the tests' tolerances.
 template <typename T, int OPT>
 __device__ __forceinline__ void apply_opt(const OptConsts<T>& c, T& p, T g, T& s0, T& s1) {
   if (OPT == kSgd) {
@@ -303,7 +305,7 @@ __device__ __forceinline__ T warp_sum(T v) {  // every lane gets the same, fixed
 }
 
 template <typename T, int OPT>
-__device__ void fused_block(const FusedArgs<T>& a, unsigned char* smem) {
+__device__ __forceinline__ void fused_block(const FusedArgs<T>& a, unsigned char* smem) {
   constexpr int NS = OPT == kSgd ? 0 : OPT == kMomentum ? 1 : 2;
   constexpr int kWarps = kThreads / 32;
   const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
@@ -573,7 +575,9 @@ __device__ void fused_block(const FusedArgs<T>& a, unsigned char* smem) {
 // ---------------------------------------------------------------------------------------------
 
 template <typename T, int OPT>
-__global__ void __launch_bounds__(kThreads, 1) fused_two_layer_kernel(const FusedArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 1) fused_two_layer_kernel(const __grid_constant__ FusedArgs<T> a) {
+  // __grid_constant__: `a` (about 420 bytes) is read in place from the parameter space; passed on by
+  // reference, it would otherwise be copied into every thread's local memory.
   extern __shared__ __align__(16) unsigned char fused_smem[];
   fused_block<T, OPT>(a, fused_smem);
 }
@@ -615,7 +619,9 @@ CachedPlan get_plan(int device, int64_t n, int64_t d_in, int64_t h, int64_t d_ou
     int v = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    info.smem_optin = v;
+    cudaFuncAttributes attrs;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel_ptr<T, OPT>()));
+    info.smem_optin = v - int(attrs.sharedSizeBytes);  // what static shared memory leaves (none today)
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrCooperativeLaunch, device));
     info.cooperative = v != 0;
     // Allow every plan of this kernel up to the device's limit (the launch asks for what it needs).
