@@ -1,6 +1,7 @@
 // Dispatch and threading for the small-GEMM kernels (see cpu_gemm.h).
 #include "cpu_gemm.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -79,6 +80,16 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, boo
   });
 #endif
   return true;
+}
+
+at::Tensor mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  if (!matmul(a, b, out, /*accumulate=*/false)) at::mm_out(out, a, b);
+  return out;
+}
+
+void addmm_(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  if (!matmul(a, b, acc, /*accumulate=*/true)) acc.addmm_(a, b);
 }
 
 }  // namespace cpu_gemm

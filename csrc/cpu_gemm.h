@@ -1,6 +1,7 @@
 // float32 GEMMs for small CPU problems, on the AVX2 kernels of cpu_gemm_avx2.cpp, split over ATen's
-// threads. Each returns false, touching nothing, where it does not apply (another dtype or layout,
-// a problem large enough that BLAS wins, or a CPU without AVX2 and FMA); the caller then uses BLAS.
+// threads. linear and matmul return false, touching nothing, where they do not apply (another dtype
+// or layout, a problem large enough that BLAS wins, or a CPU without AVX2 and FMA); mm and addmm_
+// fall back to BLAS themselves.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,6 +14,10 @@ bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool re
 
 // out (M, N) (+)= a (M, K) @ b (K, N); b unit-stride along N, a any strides.
 bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
+
+// a @ b and acc += a @ b, of any floating dtype and layout.
+at::Tensor mm(const at::Tensor& a, const at::Tensor& b);
+void addmm_(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace cpu_gemm
 }  // namespace twolayer_ops

@@ -94,13 +94,6 @@ at::Tensor masked_grad_cpu(const at::Tensor& grad_out, const at::Tensor& out) {
   return gm;
 }
 
-// a @ b: the small-GEMM kernels where they apply, else BLAS.
-at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  if (!cpu_gemm::matmul(a, b, out, /*accumulate=*/false)) at::mm_out(out, a, b);
-  return out;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
@@ -113,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cpu(
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(),
               "linear_relu_backward: grad_out and out must match x's dtype and device");
   const at::Tensor gm = masked_grad_cpu(grad_out, out);
-  const at::Tensor grad_x = output_mask[0] ? product(gm, weight).view(x.sizes()) : unrequested(x);
-  const at::Tensor grad_w = output_mask[1] ? product(gm.t(), as_matrix(x)) : unrequested(x);
+  const at::Tensor grad_x = output_mask[0] ? cpu_gemm::mm(gm, weight).view(x.sizes()) : unrequested(x);
+  const at::Tensor grad_w = output_mask[1] ? cpu_gemm::mm(gm.t(), as_matrix(x)) : unrequested(x);
   const at::Tensor grad_b = output_mask[2] ? gm.sum(0) : unrequested(x);
   return {grad_x, grad_w, grad_b};
 }

@@ -44,11 +44,6 @@ const float* as_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat ? t.const_data_ptr<float>() : nullptr;
 }
 
-// acc += a @ b.
-void accumulate_product(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
-  if (!cpu_gemm::matmul(a, b, acc, /*accumulate=*/true)) acc.addmm_(a, b);
-}
-
 at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::TensorList params, at::TensorList grads,
                               at::TensorList state, c10::string_view optimizer_view, double lr, double momentum,
                               double beta1, double beta2, double eps, int64_t step, double loss_scale, bool update) {
@@ -91,16 +86,15 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
     }
     loss.fill_(total);
     // Backward: layer 2, then the masked hidden gradient, then layer 1.
-    accumulate_product(grads[2], gy.t(), h);
+    cpu_gemm::addmm_(grads[2], gy.t(), h);
     grads[3].add_(gy.sum(0));
-    at::Tensor gh = at::empty({n, hidden}, x.options());
-    if (!cpu_gemm::matmul(gy, w2, gh, /*accumulate=*/false)) at::mm_out(gh, gy, w2);
+    at::Tensor gh = cpu_gemm::mm(gy, w2);
     T* ghp = gh.data_ptr<T>();
     for (int64_t i = 0; i < n * hidden; ++i) {  // both loaded: a branch-free select
       const T h_i = hp[i], g_i = ghp[i];
       ghp[i] = h_i <= T(0) ? T(0) : g_i;
     }
-    accumulate_product(grads[0], gh.t(), x);
+    cpu_gemm::addmm_(grads[0], gh.t(), x);
     grads[1].add_(gh.sum(0));
 
     if (update && optimizer == "adam") {
