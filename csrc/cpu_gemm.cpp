@@ -51,19 +51,28 @@ void split_columns(int64_t M, int64_t N, int64_t K, int64_t align, const F& fn) 
 
 bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool relu, const at::Tensor& out) {
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
-  if (!applies(out, M, N, K) || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
-      a.stride(1) != 1 || b.stride(1) != 1)
-    return false;
+  if (!applies(out, M, N, K) || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
 #if TWOLAYER_OPS_AVX2_KERNELS  // else applies() was false
   const float* ap = a.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
   float* cp = out.mutable_data_ptr<float>();
-  const int64_t lda = a.stride(0), ldb = b.stride(0), ldc = out.stride(0);
-  split_columns(M, N, K, 4, [&](int64_t n0, int64_t n1) {
-    avx2::gemm_nt(M, n1 - n0, K, ap, lda, bp + n0 * ldb, ldb, cp + n0, ldc, bias ? bias + n0 : nullptr, relu);
-  });
+  const int64_t ldc = out.stride(0);
+  if (a.stride(1) == 1 && b.stride(1) == 1) {  // both unit-stride along K: dot products
+    const int64_t lda = a.stride(0), ldb = b.stride(0);
+    split_columns(M, N, K, 4, [&](int64_t n0, int64_t n1) {
+      avx2::gemm_nt(M, n1 - n0, K, ap, lda, bp + n0 * ldb, ldb, cp + n0, ldc, bias ? bias + n0 : nullptr, relu);
+    });
+    return true;
+  }
+  if (b.stride(0) == 1) {  // b = W^T of a row-major (K, N) W, as the seed's raw programs pass it
+    const int64_t sam = a.stride(0), sak = a.stride(1), ldb = b.stride(1);
+    split_columns(M, N, K, 16, [&](int64_t n0, int64_t n1) {
+      avx2::gemm_nn(M, n1 - n0, K, ap, sam, sak, bp + n0, ldb, cp + n0, ldc, false, bias ? bias + n0 : nullptr, relu);
+    });
+    return true;
+  }
 #endif
-  return true;
+  return false;
 }
 
 bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
@@ -76,7 +85,7 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, boo
   float* cp = out.mutable_data_ptr<float>();
   const int64_t sam = a.stride(0), sak = a.stride(1), ldb = b.stride(0), ldc = out.stride(0);
   split_columns(M, N, K, 16, [&](int64_t n0, int64_t n1) {
-    avx2::gemm_nn(M, n1 - n0, K, ap, sam, sak, bp + n0, ldb, cp + n0, ldc, accumulate);
+    avx2::gemm_nn(M, n1 - n0, K, ap, sam, sak, bp + n0, ldb, cp + n0, ldc, accumulate, nullptr, false);
   });
 #endif
   return true;

@@ -9,7 +9,8 @@
 namespace twolayer_ops {
 namespace cpu_gemm {
 
-// out (M, N) = relu?(a (M, K) @ b (N, K)^T + bias); a and b unit-stride along K, bias (N,) or null.
+// out (M, N) = relu?(a (M, K) @ b (N, K)^T + bias); bias (N,) or null. Either a and b unit-stride
+// along K, or b unit-stride along N (b the transpose of a row-major (K, N) matrix), a any strides.
 bool linear(const at::Tensor& a, const at::Tensor& b, const float* bias, bool relu, const at::Tensor& out);
 
 // out (M, N) (+)= a (M, K) @ b (K, N); b unit-stride along N, a any strides.

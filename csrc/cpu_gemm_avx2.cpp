@@ -103,12 +103,13 @@ void nt_rows(int nr, int64_t K, const float* A, int64_t lda, const float* B, int
   }
 }
 
-// C[i, 0:cols] (+)= sum_k A[i*sam + k*sak] B[k, 0:cols] for an MR x (8 NV) block, cols <= 8 NV:
-// A broadcast, B loaded along its unit-stride N; with PARTIAL the last vector is masked to cols.
+// C[i, 0:cols] = epilogue((C[i, 0:cols] if accumulate) + sum_k A[i*sam + k*sak] B[k, 0:cols]) for an
+// MR x (8 NV) block, cols <= 8 NV: A broadcast, B loaded along its unit-stride N; with PARTIAL the
+// last vector is masked to cols. The epilogue adds bias[0:cols] (if given), then ReLU (if asked).
 // PARTIAL is a template argument so that each instance has one k loop.
 template <int MR, int NV, bool PARTIAL>
 void nn_block(int64_t K, const float* A, int64_t sam, int64_t sak, const float* B, int64_t ldb, float* C,
-              int64_t ldc, int64_t cols, bool accumulate) {
+              int64_t ldc, int64_t cols, bool accumulate, const float* bias, bool relu) {
   const __m256i mask = first_lanes(PARTIAL ? cols - 8 * (NV - 1) : 8);
   __m256 acc[MR][NV];
   #pragma GCC unroll 8
@@ -137,6 +138,8 @@ void nn_block(int64_t K, const float* A, int64_t sam, int64_t sak, const float* 
       const bool masked = PARTIAL && v == NV - 1;
       __m256 r = acc[i][v];
       if (accumulate) r = _mm256_add_ps(r, masked ? _mm256_maskload_ps(c, mask) : _mm256_loadu_ps(c));
+      if (bias) r = _mm256_add_ps(r, masked ? _mm256_maskload_ps(bias + 8 * v, mask) : _mm256_loadu_ps(bias + 8 * v));
+      if (relu) r = _mm256_andnot_ps(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_LE_OQ), r);
       if (masked) {
         _mm256_maskstore_ps(c, mask, r);
       } else {
@@ -149,11 +152,11 @@ constexpr int kNnRows = 6, kNnCols = 16;  // 12 accumulators + 2 B vectors + 1 b
 
 template <int MR>
 void nn_rows(int64_t cols, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B, int64_t ldb,
-             float* C, int64_t ldc, bool accumulate) {
-  if (cols == 16) return nn_block<MR, 2, false>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate);
-  if (cols > 8) return nn_block<MR, 2, true>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate);
-  if (cols == 8) return nn_block<MR, 1, false>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate);
-  nn_block<MR, 1, true>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate);
+             float* C, int64_t ldc, bool accumulate, const float* bias, bool relu) {
+  if (cols == 16) return nn_block<MR, 2, false>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate, bias, relu);
+  if (cols > 8) return nn_block<MR, 2, true>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate, bias, relu);
+  if (cols == 8) return nn_block<MR, 1, false>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate, bias, relu);
+  nn_block<MR, 1, true>(K, A, sam, sak, B, ldb, C, ldc, cols, accumulate, bias, relu);
 }
 
 }  // namespace
@@ -173,20 +176,21 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const
 }
 
 void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B, int64_t ldb,
-             float* C, int64_t ldc, bool accumulate) {
+             float* C, int64_t ldc, bool accumulate, const float* bias, bool relu) {
   // Column panels outer: a K x 16 panel of B stays in L1 across all rows of A.
   for (int64_t n = 0; n < N; n += kNnCols) {
     const int64_t cols = std::min<int64_t>(kNnCols, N - n);
+    const float* bn = bias ? bias + n : nullptr;
     for (int64_t m = 0; m < M; m += kNnRows) {
       const float* Am = A + m * sam;
       float* Cm = C + m * ldc + n;
       switch (std::min<int64_t>(kNnRows, M - m)) {
-        case 6: nn_rows<6>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
-        case 5: nn_rows<5>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
-        case 4: nn_rows<4>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
-        case 3: nn_rows<3>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
-        case 2: nn_rows<2>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
-        default: nn_rows<1>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate); break;
+        case 6: nn_rows<6>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
+        case 5: nn_rows<5>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
+        case 4: nn_rows<4>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
+        case 3: nn_rows<3>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
+        case 2: nn_rows<2>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
+        default: nn_rows<1>(cols, K, Am, sam, sak, B + n, ldb, Cm, ldc, accumulate, bn, relu); break;
       }
     }
   }

@@ -18,9 +18,9 @@ namespace avx2 {
 void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
              int64_t ldc, const float* bias, bool relu);
 
-// C[m, n] (+)= sum_k A[m*sam + k*sak] * B[k*ldb + n]; += when accumulate.
+// C[m, n] = relu?((C[m, n] if accumulate) + bias[n] + sum_k A[m*sam + k*sak] * B[k*ldb + n]); bias may be null.
 void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B, int64_t ldb,
-             float* C, int64_t ldc, bool accumulate);
+             float* C, int64_t ldc, bool accumulate, const float* bias, bool relu);
 
 }  // namespace avx2
 }  // namespace twolayer_ops

@@ -1,5 +1,6 @@
 """The CPU small-GEMM kernels (csrc/cpu_gemm_avx2.cpp) at every edge of their register blocks:
-3x4 output blocks over 8-wide K steps forward, 6x16 blocks backward, and the split over threads."""
+3x4 output blocks over 8-wide K steps forward, 6x16 blocks backward and for a transposed weight's
+forward, and the split over threads."""
 import itertools
 
 import pytest
@@ -22,10 +23,11 @@ def fp64_grads(x, w, b, g):
     return out.detach(), x64.grad, w64.grad, b64.grad
 
 
+@pytest.mark.parametrize("layout", ["rowmajor", "transposed"])
 @pytest.mark.parametrize("M,N,K", EDGE_SHAPES[::5] + SPLIT_SHAPES)
-def test_forward_and_backward_against_float64(M, N, K):
+def test_forward_and_backward_against_float64(M, N, K, layout):
     torch.manual_seed(M * 10007 + N * 101 + K)
-    x, w, b, g = torch.randn(M, K), torch.randn(N, K), torch.randn(N), torch.randn(M, N)
+    x, w, b, g = torch.randn(M, K), weight(N, K, layout), torch.randn(N), torch.randn(M, N)
     ref, gx, gw, gb = fp64_grads(x, w, b, g)
     out = ops.linear_relu(x, w, b)
     assert_close_to_ref(out, ref, torch.float32, "forward")
@@ -35,11 +37,17 @@ def test_forward_and_backward_against_float64(M, N, K):
         assert_close_to_ref(got, want, torch.float32, what)
 
 
+def weight(N, K, layout):
+    """(N, K) weight, row-major or the transpose of a row-major (K, N) matrix (the seed's raw programs)."""
+    return torch.randn(N, K) if layout == "rowmajor" else torch.randn(K, N).t()
+
+
+@pytest.mark.parametrize("layout", ["rowmajor", "transposed"])
 @pytest.mark.parametrize("M,N,K", EDGE_SHAPES)
-def test_every_block_edge_elementwise(M, N, K):
+def test_every_block_edge_elementwise(M, N, K, layout):
     # Element by element: a wrong tail row or column cannot hide in a norm.
     torch.manual_seed(0)
-    x, w, b = torch.randn(M, K), torch.randn(N, K), torch.randn(N)
+    x, w, b = torch.randn(M, K), weight(N, K, layout), torch.randn(N)
     want = linear_relu_ref(x.double(), w.double(), b.double())
     torch.testing.assert_close(ops.linear_relu(x, w, b).double(), want, rtol=1e-5, atol=1e-5 * K)
     g = torch.randn(M, N)
