@@ -129,11 +129,13 @@ def test_recipe_rejects_fused_step_with_ddp():
         RECIPES["optim"](steps=1, fused_step=True, ddp=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("optimizer,accumulation_steps", [("adam", 1), ("adam", 3), ("momentum", 2), ("sgd", 1)])
-def test_run_equals_single_steps(device, optimizer, accumulation_steps):
-    """two_layer_train over k steps (one call) is k two_layer_step calls, split anywhere."""
-    x, y, net = small_net(device, torch.float64)
+def test_run_equals_single_steps(device, optimizer, accumulation_steps, dtype):
+    """two_layer_train over k steps (one call) is k two_layer_step calls, split anywhere, and leaves
+    the same accumulators (inside a call, a step after an update overwrites them instead of adding)."""
+    x, y, net = small_net(device, dtype)
     twin = copy.deepcopy(net)
     hyper = {"lr": 1e-3, "momentum": 0.9 if optimizer == "momentum" else 0.0, "accumulation_steps": accumulation_steps}
     single = FusedTwoLayerStep(*two_layers(net), optimizer, **hyper)
@@ -144,3 +146,7 @@ def test_run_equals_single_steps(device, optimizer, accumulation_steps):
     assert (chunked.calls, chunked.updates) == (single.calls, single.updates) == (11, 11 // accumulation_steps)
     for p, q in zip(twin.parameters(), net.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+    for g, h in zip(chunked.grads, single.grads):
+        torch.testing.assert_close(g, h, rtol=1e-12, atol=0)
+    if accumulation_steps == 1:
+        assert all(not g.any() for g in chunked.grads)  # the last call updated and zeroed them
