@@ -26,7 +26,7 @@ from .reference import assert_close_to_ref, linear_relu_ref, rel_error  # noqa: 
 
 ops = torch.ops.twolayer_ops
 needs_tma_api = pytest.mark.skipif(not hopper.HAS_TMA_API, reason="this triton has no host-side tensor descriptors")
-needs_interpreter = pytest.mark.skipif(not tk.INTERPRETER_RUNS, reason="triton's interpreter is unavailable")
+needs_interpreter = pytest.mark.skipif(not tk.INTERPRETER_RUNS, reason=f"no triton interpreter here: {tk.INTERPRETER_PROBLEM}")
 
 
 def has_hopper():
@@ -268,6 +268,7 @@ def test_environment_switch_read_at_import(value, enabled):
     assert out[-1] == enabled
 
 
+@needs_interpreter
 def test_fallback_without_tensor_descriptors():
     """A triton without triton.tools.tensor_descriptor: the backend imports with the Hopper path off
     (eligible() then refuses everything: test_eligibility_rules) and its portable kernels still run

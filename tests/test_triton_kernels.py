@@ -21,7 +21,7 @@ from twolayer_ops.triton_kernels import linear_relu as tk  # noqa: E402
 from .reference import REL_TOL, assert_close_to_ref, linear_relu_ref  # noqa: E402
 
 ops = torch.ops.twolayer_ops
-needs_interpreter = pytest.mark.skipif(not tk.INTERPRETER_RUNS, reason="triton's interpreter is unavailable")
+needs_interpreter = pytest.mark.skipif(not tk.INTERPRETER_RUNS, reason=f"no triton interpreter here: {tk.INTERPRETER_PROBLEM}")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GEMM_KERNELS = [tk.linear_relu_fwd_kernel, tk.linear_relu_dx_kernel, tk.linear_relu_dw_db_kernel]
 
@@ -75,6 +75,26 @@ def test_cpu_backend_listed_where_the_interpreter_runs():
     assert tk.supports("cpu", torch.float64) == tk.supports("cpu", torch.float32) == tk.INTERPRETER_RUNS
     assert not tk.supports("cpu", torch.bfloat16) and not tk.supports("cpu", torch.float16)
     assert tk.supports("cuda", torch.bfloat16) == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, runs",
+    [("3.6.0", "2.5.2", False), ("3.6.0", "2.4.0rc1", False), ("3.6.0", "2.3.5", True), ("3.7.0", "2.5.2", True),
+     ("3.8.0", "2.4.6", True)],
+)
+def test_interpreter_refused_where_triton_36_meets_numpy_24(triton_version, numpy_version, runs):
+    """triton <= 3.6's interpreter breaks on numpy >= 2.4 (the GPU machines' torch 2.11 image has both)."""
+    problem = tk.interpreter_problem(triton_version, numpy_version)
+    assert (problem is None) == runs
+    if problem:
+        assert triton_version in problem and numpy_version in problem
+
+
+def test_cpu_error_names_the_interpreter_problem(monkeypatch):
+    monkeypatch.setattr(tk, "INTERPRETER_PROBLEM", "triton 3.6.0's interpreter fails with numpy 2.5.2")
+    monkeypatch.setattr(tk, "INTERPRETER_RUNS", False)
+    with pytest.raises(RuntimeError, match="fails with numpy 2.5.2"):
+        tk.check_runs("linear_relu_triton", torch.ones(2))
 
 
 @needs_interpreter

@@ -43,20 +43,34 @@ host-side tensor descriptors. The path stays opt-in until a GPU run has validate
 import functools
 import math
 
+import numpy
 import torch
 import triton
 import triton.language as tl
+from torch.torch_version import TorchVersion  # PEP 440 comparisons
 from triton.backends import backends as triton_backends
 
 from .. import ops
 from . import hopper
 
-try:
-    from triton.runtime.interpreter import InterpretedFunction
 
-    INTERPRETER_RUNS = True
-except ImportError:  # a triton build without the interpreter: no CPU kernels
-    INTERPRETER_RUNS = False
+def interpreter_problem(triton_version=triton.__version__, numpy_version=numpy.__version__):
+    """Why Triton's interpreter cannot run the CPU kernels here, or None."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
+    except ImportError:
+        return "this triton build has no interpreter"
+    # triton <= 3.6's interpreter calls int() on the 1-element array that holds a scalar argument
+    # (range(0, K, BLOCK_K)), which numpy >= 2.4 refuses; triton 3.7 squeezes it first.
+    if TorchVersion(triton_version) < "3.7.0.dev0" and TorchVersion(numpy_version) >= "2.4.0.dev0":
+        return f"triton {triton_version}'s interpreter fails with numpy {numpy_version}: needs triton >= 3.7 or numpy < 2.4"
+    return None
+
+
+INTERPRETER_PROBLEM = interpreter_problem()  # None, or why CPU tensors get no triton kernel here
+INTERPRETER_RUNS = INTERPRETER_PROBLEM is None
+if INTERPRETER_RUNS:
+    from triton.runtime.interpreter import InterpretedFunction
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -355,7 +369,9 @@ def supports(device_type, dtype):
 
 def check_runs(op, t):
     if not supports(t.device.type, t.dtype):
-        hint = " (its CPU path, Triton's interpreter, runs float32 and float64)" if t.device.type == "cpu" else ""
+        hint = ""
+        if t.device.type == "cpu":
+            hint = f" ({INTERPRETER_PROBLEM})" if INTERPRETER_PROBLEM else " (its CPU path, Triton's interpreter, runs float32 and float64)"
         raise RuntimeError(
             f"{op}: the triton backend has no kernel for {t.dtype} on {t.device.type}{hint}; "
             "use backend='auto' or backend='torch'"
