@@ -50,7 +50,7 @@ if [[ "$(cat build/.gpu_check_stamp 2>/dev/null)" != "$stamp" ]] || ! "$PY" -c "
   mkdir -p build && echo "$stamp" >build/.gpu_check_stamp
   grep -E "ptxas info|spill" "$logs/build.log" >"$logs/ptxas.txt" || true
 fi
-step env 60 "$PY" -c "import torch, triton, twolayer_ops as t; print(torch.__version__, triton.__version__, torch.cuda.get_device_name()); print('cuda backends:', t.available_backends('cuda'))"
+step env 60 "$PY" -c "import numpy, torch, triton, twolayer_ops as t; print(torch.__version__, triton.__version__, numpy.__version__, torch.cuda.get_device_name()); print('cuda backends:', t.available_backends('cuda'), 'cpu backends:', t.available_backends('cpu'))"
 
 case $stage in
   test)
