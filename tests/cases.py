@@ -2,6 +2,7 @@
 gets every case for free. CUDA cases carry the `cuda` marker and skip where CUDA is absent."""
 import pytest
 import torch
+from hypothesis import Phase
 
 from twolayer_ops import available_backends
 from twolayer_ops.backends import BACKENDS
@@ -38,3 +39,10 @@ def poison_allocator(shape, dtype, device):
     """Best effort: fill and free a block of the size the op will ask for, so the allocator
     tends to hand the NaN-filled block back and unwritten outputs show as NaN."""
     torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def phases(device):
+    """Hypothesis's phases for property tests on `device`. No shrinking on CUDA: each smaller example
+    costs GPU time (and new Triton autotuning) that a short GPU lease cannot spare; the first failing
+    example is reported as drawn."""
+    return [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if device == "cpu" else [])

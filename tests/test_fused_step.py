@@ -13,6 +13,7 @@ from twolayer_ops.fused_step import FusedTwoLayerStep, two_layers
 from twolayer_ops.trainers import FUSED_STEP_RECIPES, RECIPES
 
 from . import seed_programs
+from .cases import phases
 from .test_trainers import assert_same_curve, assert_same_params
 
 DEVICES = [
@@ -70,7 +71,7 @@ def test_any_sizes_match_torch_optim(device):
     """Sizes hypothesis draws (zeros and the CUDA kernel's split edges included), every optimizer, with and
     without accumulation, in float64: the losses and parameters are torch.optim's."""
 
-    @settings(max_examples=40 if device == "cpu" else 30)
+    @settings(max_examples=40 if device == "cpu" else 30, phases=phases(device))
     @given(
         sizes=st.tuples(st.integers(0, 100), st.integers(0, 300), st.integers(0, 150), st.integers(0, 20)),
         optimizer=st.sampled_from(list(OPTIMIZERS)),

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from twolayer_ops.backends import BACKENDS
 
-from .cases import kernel_cases
+from .cases import kernel_cases, phases
 from .reference import assert_close_to_ref, linear_relu_ref
 
 pytestmark = pytest.mark.parametrize("device,backend", kernel_cases())
@@ -139,7 +139,8 @@ def test_forward_and_backward_match_reference(device, backend):
     if device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
         dtypes.remove(torch.bfloat16)
 
-    @settings(max_examples=EXAMPLES[device, backend], suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(max_examples=EXAMPLES[device, backend], phases=phases(device),
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(problems(INTERPRETER_SIZES if interpreted else SIZES, dtypes))
     def holds(problem):
         check(problem, device, backend)
