@@ -74,9 +74,9 @@ case $stage in
   tune)
     step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
     step sanitize_sm90 120 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
-    step fused_step_bench 90 "$PY" -m benchmarks.fused_step_bench
+    step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
     step triton_tune 240 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 180
-    echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -12 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
+    echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
     ;;
   *) echo "unknown stage $stage: test, report or tune"; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 """The benchmark drivers run end to end on tiny problems and produce the rows the report needs."""
-from benchmarks import linear_relu, trainers
+from benchmarks import fused_step_bench, linear_relu, trainers
 
 
 def test_kernel_benchmark_rows_and_ratios():
@@ -19,3 +19,11 @@ def test_trainer_benchmark_rows():
     speedups = {r.provider: r.p50 for r in rows if r.metric == "speedup_vs_seed"}
     assert speedups["seed"] == 1.0
     assert abs(speedups["fused_step"] - times["seed"] / times["fused_step"]) < 1e-9
+
+
+def test_fused_step_benchmark_on_cpu(capsys):
+    fused_step_bench.main(["--device", "cpu", "--steps", "3", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
+    assert {"fused_run", "fused_step", "eager", "compile"} <= rows and "graph" not in rows
+    assert "fused_run target >= 3x eager" in out
