@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The one-call GPU check, for a fresh GPU machine with torch and triton but no network:
-#   bash benchmarks/gpu_check.sh OUT_DIR [test|report|tune]
-# Each stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
+#   bash benchmarks/gpu_check.sh OUT_DIR [all|test|report|tune]
+#   all    (for a lease that affords one call) the build, then in order of importance until the time
+#          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, memcheck,
+#          and the benchmark report.
+# Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
 #   report the benchmark report: kernels (every provider, fwd/bwd/fwdbwd) and trainers; writes the
@@ -9,9 +12,11 @@
 #   tune   the Hopper evidence (SASS, ptxas, sm90 timings), the sm90 sanitizer run, the fused-step
 #          benchmark and the Triton config sweep.
 # The logs go to OUT_DIR/logs.tar.gz, refreshed after every step (so a call cut short keeps them);
-# OUT_DIR holds at most 8 files. Prints a short table last; exits non-zero when any step failed.
+# OUT_DIR holds at most 8 files. Prints a short table last; exits non-zero when any step failed or
+# did not fit. GPU_CHECK_BUDGET (seconds, default 570) bounds the whole call: each step's time limit
+# is cut to what is left, and a step that would get under 30 s is skipped and listed.
 set -uo pipefail
-out=${1:?usage: gpu_check.sh OUT_DIR [test|report|tune]}
+out=${1:?usage: gpu_check.sh OUT_DIR [all|test|report|tune]}
 stage=${2:-test}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
@@ -20,9 +25,16 @@ mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 failed=()
+skipped=()
+deadline=$((SECONDS + ${GPU_CHECK_BUDGET:-570}))
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, remember a failure
   local name=$1 limit=$2; shift 2
+  local left=$((deadline - SECONDS))
+  if ((left < 30)); then
+    echo "== $name: skipped, the time budget is spent"; skipped+=("$name"); return
+  fi
+  ((limit > left)) && limit=$left
   echo "== $name: $*"
   local t0=$SECONDS
   if timeout "$limit" "$@" >"$logs/$name.log" 2>&1; then
@@ -36,7 +48,9 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, rememb
 }
 
 finish() {
+  ((${#skipped[@]})) && { echo; echo "SKIPPED steps (no time left): ${skipped[*]}"; }
   if ((${#failed[@]})); then echo; echo "FAILED steps: ${failed[*]}"; exit 1; fi
+  ((${#skipped[@]})) && exit 1
   echo; echo "all steps passed"
   exit 0
 }
@@ -52,7 +66,22 @@ if [[ "$(cat build/.gpu_check_stamp 2>/dev/null)" != "$stamp" ]] || ! "$PY" -c "
 fi
 step env 60 "$PY" -c "import numpy, torch, triton, twolayer_ops as t; print(torch.__version__, triton.__version__, numpy.__version__, torch.cuda.get_device_name()); print('cuda backends:', t.available_backends('cuda'), 'cpu backends:', t.available_backends('cpu'))"
 
+summarize_tests() {
+  echo; echo "== tests"; grep -E "passed|failed|error" "$logs/tests.log" | tail -3
+  grep -E "^(FAILED|ERROR)" "$logs/tests.log" | head -40
+}
+
 case $stage in
+  all)
+    step tests 240 "$PY" -m pytest -q -rs -m cuda --durations=20
+    step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
+    step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
+    step sanitize_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
+    step report 540 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
+    summarize_tests
+    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -20 "$logs/hopper_evidence.log"
+    [[ -f $out/report.md ]] && { echo; grep -E "^\| (shape|[0-9])" "$out/report.md" | head -60; }
+    ;;
   test)
     step tests 360 "$PY" -m pytest -q -rs -m cuda --durations=20
     if command -v compute-sanitizer >/dev/null; then
@@ -62,8 +91,7 @@ case $stage in
     else
       echo "compute-sanitizer not found"; failed+=(sanitize)
     fi
-    echo; echo "== tests"; grep -E "passed|failed|error" "$logs/tests.log" | tail -3
-    grep -E "^(FAILED|ERROR)" "$logs/tests.log" | head -40
+    summarize_tests
     ;;
   report)
     step report 540 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
@@ -78,6 +106,6 @@ case $stage in
     step triton_tune 240 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 180
     echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
     ;;
-  *) echo "unknown stage $stage: test, report or tune"; exit 2 ;;
+  *) echo "unknown stage $stage: all, test, report or tune"; exit 2 ;;
 esac
 finish
