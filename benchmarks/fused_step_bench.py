@@ -197,6 +197,48 @@ def time_ms(setups, repeats, device):
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
+def measure(device, steps=500, repeats=7):
+    """({provider: (best, median) ms}, {provider: (losses, parameters)}): the timings, then one more
+    recorded run of each provider for the agreement check."""
+    x, y, model = make_net(device)
+    providers = {"fused_run": fused_run, "fused_step": fused_step, "eager": eager, "compile": compiled}
+    if device.type == "cuda":
+        providers["graph"] = graph
+    results = time_ms({name: make(x, y, model, steps) for name, make in providers.items()}, repeats, device)
+    curves = {}
+    for name, make in providers.items():
+        run, out = make(x, y, model, steps)(record=True)
+        run()
+        curves[name] = (out["losses"].double().cpu(), [p.detach().double().cpu() for p in out["net"].parameters()])
+    return results, curves
+
+
+def print_tables(device, steps, repeats, results, curves, file=None):
+    """The timing table with the issue's target line, then the agreement table."""
+    base = results["fused_run"][0]
+    print(f"{steps} Adam steps, seed net {N}x{D_IN}->{H}->{D_OUT} fp32, on {device_name(device.type)}, "
+          f"torch {torch.__version__}; wall ms per whole run, best (median) of {repeats}\n", file=file)
+    print("| provider | ms | median ms | per step | time / fused_run |", file=file)
+    print("|---|---:|---:|---:|---:|", file=file)
+    for name, (best, med) in results.items():
+        print(f"| {name} | {best:.3f} | {med:.3f} | {best / steps * 1e3:.2f} us | {best / base:.2f}x |", file=file)
+    if device.type == "cuda":
+        target = 10.0 * steps / 500
+        print(f"\nfused_run target <= {target:g} ms: {'met' if base <= target else 'NOT met'} ({base:.3f} ms)", file=file)
+    else:
+        ratio = results["eager"][0] / base
+        print(f"\nfused_run target >= 3x eager: {'met' if ratio >= 3 else 'NOT met'} ({ratio:.2f}x)", file=file)
+
+    # Agreement (float32 rounding only), against eager.
+    ref_losses, ref_params = curves["eager"]
+    print("\n| provider | max rel. loss diff vs eager | max rel. weight diff vs eager (norm) | final loss |", file=file)
+    print("|---|---:|---:|---:|", file=file)
+    for name, (losses, params) in curves.items():
+        dl = ((losses - ref_losses).abs() / ref_losses.abs().clamp_min(1e-30)).max().item()
+        dp = max(((p - q).norm() / q.norm()).item() for p, q in zip(params, ref_params))
+        print(f"| {name} | {dl:.2e} | {dp:.2e} | {losses[-1].item():.6g} |", file=file)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -207,43 +249,13 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here: --device cpu")
     device = torch.device(args.device)
-    x, y, model = make_net(device)
-    providers = {"fused_run": fused_run, "fused_step": fused_step, "eager": eager, "compile": compiled}
-    if device.type == "cuda":
-        providers["graph"] = graph
-    results = time_ms({name: make(x, y, model, args.steps) for name, make in providers.items()}, args.repeats, device)
-
-    base = results["fused_run"][0]
-    print(f"\n{args.steps} Adam steps, seed net {N}x{D_IN}->{H}->{D_OUT} fp32, on {device_name(device.type)}, "
-          f"torch {torch.__version__}; wall ms per whole run, best (median) of {args.repeats}\n")
-    print("| provider | ms | median ms | per step | time / fused_run |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (best, med) in results.items():
-        print(f"| {name} | {best:.3f} | {med:.3f} | {best / args.steps * 1e3:.2f} us | {best / base:.2f}x |")
-    if device.type == "cuda":
-        target = 10.0 * args.steps / 500
-        print(f"\nfused_run target <= {target:g} ms: {'met' if base <= target else 'NOT met'} ({base:.3f} ms)")
-    else:
-        ratio = results["eager"][0] / base
-        print(f"\nfused_run target >= 3x eager: {'met' if ratio >= 3 else 'NOT met'} ({ratio:.2f}x)")
-
-    # Agreement (float32 rounding only): every provider trained once more, losses recorded.
-    curves = {}
-    for name, make in providers.items():
-        run, out = make(x, y, model, args.steps)(record=True)
-        run()
-        curves[name] = (out["losses"].double().cpu(), [p.detach().double().cpu() for p in out["net"].parameters()])
-    ref_losses, ref_params = curves["eager"]
-    print("\n| provider | max rel. loss diff vs eager | max rel. weight diff vs eager (norm) | final loss |")
-    print("|---|---:|---:|---:|")
-    for name, (losses, params) in curves.items():
-        dl = ((losses - ref_losses).abs() / ref_losses.abs().clamp_min(1e-30)).max().item()
-        dp = max(((p - q).norm() / q.norm()).item() for p, q in zip(params, ref_params))
-        print(f"| {name} | {dl:.2e} | {dp:.2e} | {losses[-1].item():.6g} |")
-
+    results, curves = measure(device, args.steps, args.repeats)
+    print()
+    print_tables(device, args.steps, args.repeats, results, curves)
     if args.csv:
         write_csv([Row("train_step", name, f"{args.steps} adam steps", f"{N}x{D_IN}x{H}x{D_OUT}", "float32", "time", "ms",
                        p50=med, p20=best) for name, (best, med) in results.items()], args.csv, device.type)
+
 
 if __name__ == "__main__":
     main()

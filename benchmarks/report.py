@@ -1,5 +1,5 @@
-"""The performance report: kernel microbenchmarks and trainer benchmarks in one run, written as
-CSV, markdown and PNG plots, and optionally into docs/PERFORMANCE.md.
+"""The performance report: kernel microbenchmarks, trainer benchmarks and the fused-step benchmark
+in one run, written as CSV, markdown and PNG plots, and optionally into docs/PERFORMANCE.md.
 
     python -m benchmarks.report --device cpu --out out/bench-cpu --docs
     python -m benchmarks.report --device cuda --out out/bench-gpu --docs
@@ -13,13 +13,13 @@ import shutil
 
 import torch
 
-from . import linear_relu, trainers
+from . import fused_step_bench, linear_relu, trainers
 from .results import device_name, plot_tflops, plot_trainers, print_markdown, write_csv
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
-def section(device, kernel_rows, trainer_rows, plots, command):
+def section(device, kernel_rows, trainer_rows, fused_step, plots, command):
     out = io.StringIO()
     when = datetime.date.today().isoformat()
     print(f"## {device_name(device)}, {when}\n", file=out)
@@ -32,6 +32,9 @@ def section(device, kernel_rows, trainer_rows, plots, command):
     print("### Trainers (the seed's programs, 500 steps)\n", file=out)
     trainers.print_table(trainer_rows, file=out)
     print(f"\n![trainer time per recipe]({plots[1]})\n", file=out)
+    print("### The fused training step against PyTorch's own paths\n", file=out)
+    fused_step_bench.print_tables(torch.device(device), *fused_step, file=out)
+    print(file=out)
     return out.getvalue()
 
 
@@ -69,6 +72,7 @@ def main(argv=None, prog=None):
     backends = [b for b in linear_relu.providers(args.device) if b in ("native", "triton")] + ["torch", "fused_step"]
     recipes = [r for r in trainers.RECIPES if r != "numpy"]
     trainer_rows = trainers.run(recipes, backends, args.device, args.trainer_steps, repeats=3)
+    fused_step = (args.trainer_steps, 5, *fused_step_bench.measure(torch.device(args.device), args.trainer_steps, 5))
 
     write_csv(kernel_rows, os.path.join(out, "linear_relu.csv"), args.device)
     write_csv(trainer_rows, os.path.join(out, "trainers.csv"), args.device)
@@ -78,8 +82,8 @@ def main(argv=None, prog=None):
     plot_trainers(trainer_rows, os.path.join(out, names[1]), f"seed programs vs recipes, {title}")
     command = f"python -m benchmarks.report --device {args.device} --docs"
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(section(args.device, kernel_rows, trainer_rows, names, command))
-    text = section(args.device, kernel_rows, trainer_rows, [f"img/{n}" for n in names], command)
+        f.write(section(args.device, kernel_rows, trainer_rows, fused_step, names, command))
+    text = section(args.device, kernel_rows, trainer_rows, fused_step, [f"img/{n}" for n in names], command)
     print(text)
     if args.docs:
         os.makedirs(os.path.join(DOCS, "img"), exist_ok=True)

@@ -4,9 +4,9 @@ transposed, strided and broadcast operands, bias or none, and exact zeros, signe
 infinities at drawn places. The backward is checked given the kernel's own saved output, its
 contract, so a pre-activation that rounds to the other side of zero cannot fail it falsely.
 
-The examples are the same every run (tests/conftest.py), so that CI is reproducible; for fresh ones,
-`pytest tests/test_properties.py --hypothesis-profile=explore`. CUDA cases carry the `cuda` marker and add
-float16 and bfloat16."""
+The examples are the same every run (tests/conftest.py), so that CI is reproducible; for fresh
+ones, `pytest tests/test_properties.py --hypothesis-profile=explore`. CUDA cases carry the `cuda`
+marker and add float16 and bfloat16."""
 import math
 from dataclasses import dataclass
 

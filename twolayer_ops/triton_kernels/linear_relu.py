@@ -63,7 +63,8 @@ def interpreter_problem(triton_version=triton.__version__, numpy_version=numpy._
     # triton <= 3.6's interpreter calls int() on the 1-element array that holds a scalar argument
     # (range(0, K, BLOCK_K)), which numpy >= 2.4 refuses; triton 3.7 squeezes it first.
     if TorchVersion(triton_version) < "3.7.0.dev0" and TorchVersion(numpy_version) >= "2.4.0.dev0":
-        return f"triton {triton_version}'s interpreter fails with numpy {numpy_version}: needs triton >= 3.7 or numpy < 2.4"
+        return (f"triton {triton_version}'s interpreter fails with numpy {numpy_version}: "
+                "needs triton >= 3.7 or numpy < 2.4")
     return None
 
 
@@ -371,7 +372,8 @@ def check_runs(op, t):
     if not supports(t.device.type, t.dtype):
         hint = ""
         if t.device.type == "cpu":
-            hint = f" ({INTERPRETER_PROBLEM})" if INTERPRETER_PROBLEM else " (its CPU path, Triton's interpreter, runs float32 and float64)"
+            hint = INTERPRETER_PROBLEM or "its CPU path, Triton's interpreter, runs float32 and float64"
+            hint = f" ({hint})"
         raise RuntimeError(
             f"{op}: the triton backend has no kernel for {t.dtype} on {t.device.type}{hint}; "
             "use backend='auto' or backend='torch'"
