@@ -66,14 +66,15 @@ if [[ "$(cat build/.gpu_check_stamp 2>/dev/null)" != "$stamp" ]] || ! "$PY" -c "
 fi
 step env 60 "$PY" -c "import numpy, torch, triton, twolayer_ops as t; print(torch.__version__, triton.__version__, numpy.__version__, torch.cuda.get_device_name()); print('cuda backends:', t.available_backends('cuda'), 'cpu backends:', t.available_backends('cpu'))"
 
-summarize_tests() {
-  echo; echo "== tests"; grep -E "passed|failed|error" "$logs/tests.log" | tail -3
-  grep -E "^(FAILED|ERROR)" "$logs/tests.log" | head -40
+summarize_tests() {  # -v names each test as it ends, so a run cut off by its time limit still says what failed
+  echo; echo "== tests"; grep -E "^=+ .* in [0-9.]+s" "$logs/tests.log" | tail -1
+  echo "$(grep -cE " PASSED( |$)" "$logs/tests.log") passed so far; failures:"
+  grep -E " (FAILED|ERROR)( |$)" "$logs/tests.log" | head -40
 }
 
 case $stage in
   all)
-    step tests 240 "$PY" -m pytest -q -rs -m cuda --durations=20
+    step tests 240 "$PY" -m pytest -v -rs -m cuda --durations=20
     step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
     step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
     step sanitize_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
@@ -83,7 +84,7 @@ case $stage in
     [[ -f $out/report.md ]] && { echo; grep -E "^\| (shape|[0-9])" "$out/report.md" | head -60; }
     ;;
   test)
-    step tests 360 "$PY" -m pytest -q -rs -m cuda --durations=20
+    step tests 360 "$PY" -m pytest -v -rs -m cuda --durations=20
     if command -v compute-sanitizer >/dev/null; then
       for tool in memcheck racecheck synccheck; do
         step "sanitize_$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
