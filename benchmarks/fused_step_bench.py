@@ -90,15 +90,22 @@ def fused_step(x, y, model, steps):
     return setup
 
 
-def eager(x, y, model, steps):
+def eager(x, y, model, steps, compile_model=False):
+    """The seed's loop with torch.optim.Adam; compile_model: on torch.compile(model) (ENGINEERING.md's
+    anchor), compiled during setup."""
     def setup(record=False):
         net = copy.deepcopy(model)
+        forward = net
+        if compile_model:
+            forward = torch.compile(net)
+            loss_fn(forward, x, y).backward()  # compiles (or finds the cached graphs) here, untimed
+            net.zero_grad(set_to_none=True)
         optimizer = torch.optim.Adam(net.parameters(), lr=LR)
         out = {"net": net, "losses": torch.empty(steps, device=x.device)}
 
         def run():
             for i in range(steps):
-                loss = loss_fn(net, x, y)
+                loss = loss_fn(forward, x, y)
                 if record:
                     out["losses"][i] = loss.detach()
                 optimizer.zero_grad()
@@ -111,27 +118,7 @@ def eager(x, y, model, steps):
 
 
 def compiled(x, y, model, steps):
-    """torch.compile(model) + Adam, the eager loop otherwise (ENGINEERING.md's anchor)."""
-    def setup(record=False):
-        net = copy.deepcopy(model)
-        cnet = torch.compile(net)
-        loss_fn(cnet, x, y).backward()  # compiles (or finds the cached graphs) here, untimed
-        net.zero_grad(set_to_none=True)
-        optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-        out = {"net": net, "losses": torch.empty(steps, device=x.device)}
-
-        def run():
-            for i in range(steps):
-                loss = loss_fn(cnet, x, y)
-                if record:
-                    out["losses"][i] = loss.detach()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
-        return run, out
-
-    return setup
+    return eager(x, y, model, steps, compile_model=True)
 
 
 def graph(x, y, model, steps):
