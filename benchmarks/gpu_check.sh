@@ -80,7 +80,7 @@ case $stage in
     step sanitize_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
     step report 540 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
     summarize_tests
-    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -20 "$logs/hopper_evidence.log"
+    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -34 "$logs/hopper_evidence.log"
     [[ -f $out/report.md ]] && { echo; grep -E "^\| (shape|[0-9])" "$out/report.md" | head -60; }
     ;;
   test)
@@ -105,7 +105,7 @@ case $stage in
     step sanitize_sm90 120 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
     step triton_tune 240 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 180
-    echo; tail -20 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
+    echo; tail -34 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
     ;;
   *) echo "unknown stage $stage: all, test, report or tune"; exit 2 ;;
 esac

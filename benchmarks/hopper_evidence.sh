@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Evidence for the Hopper (sm_90a) path of the native backend, on an H100 / H200, in one call:
 #   bash benchmarks/hopper_evidence.sh OUT_DIR
-# 1. the cubins in the built extension (an sm_90a one must be there), HGMMA / UTMALDG / SETMAXREG counts
-#    per kernel from `cuobjdump -sass`, and registers / stack / local memory per kernel (`-res-usage`);
+# 1. per kernel and cubin arch (an sm_90a one must be there): registers, stack, local memory and the
+#    HGMMA / UTMALDG / USETMAXREG / LDL / STL counts (`python -m benchmarks.machine_code`);
 #    the ptxas lines of the sm90 kernels when a build log is at hand (OUT_DIR/build.log or $BUILD_LOG);
 # 2. a quick correctness check of the sm90 path (relative error vs float64 on sampled rows);
 # 3. timings in one run, triton.testing.do_bench medians: the sm90 path, the portable native kernels,
@@ -24,21 +24,8 @@ fi
 so=$("$PY" -c "import twolayer_ops._C as c; print(c.__file__)")
 echo "extension: $so"
 
-CUOBJDUMP=$(command -v cuobjdump || true)
-[[ -z $CUOBJDUMP && -n ${CUDA_HOME:-} && -x $CUDA_HOME/bin/cuobjdump ]] && CUOBJDUMP=$CUDA_HOME/bin/cuobjdump
-[[ -z $CUOBJDUMP ]] && CUOBJDUMP=$("$PY" -c "import triton, os; p = os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/cuobjdump'); print(p if os.path.exists(p) else '')" 2>/dev/null)
-if [[ -n $CUOBJDUMP ]]; then
-  "$CUOBJDUMP" --list-elf "$so" >"$out/elf.txt" 2>&1
-  "$CUOBJDUMP" -sass "$so" >"$out/sass.txt" 2>&1
-  "$CUOBJDUMP" -res-usage "$so" >"$out/res_usage.txt" 2>&1
-  demangle() { if command -v c++filt >/dev/null; then c++filt; else cat; fi; }
-  awk '/Function :/ { f = $3 } /HGMMA/ { h[f]++ } /UTMALDG/ { t[f]++ } /SETMAXREG/ { r[f]++ } /LDL|STL/ { l[f]++ }
-       END { for (k in h) printf "%s HGMMA=%d UTMALDG=%d SETMAXREG=%d LDL/STL=%d\n", k, h[k], t[k], r[k], l[k] }' \
-    "$out/sass.txt" | demangle | sed -E 's/twolayer_ops::sm90::\(anonymous namespace\):://' >"$out/hgmma.txt"
-  grep -A1 "sm90" "$out/res_usage.txt" | grep -E "Function|REG" | demangle >"$out/res_usage_sm90.txt" || true
-else
-  echo "cuobjdump not found: no SASS evidence" | tee "$out/hgmma.txt"
-fi
+# Per kernel and arch: registers, stack, local memory and the HGMMA / UTMALDG / USETMAXREG / LDL / STL counts.
+"$PY" -m benchmarks.machine_code --so "$so" >"$out/machine_code.txt" 2>&1
 log=${BUILD_LOG:-$out/build.log}
 if [[ -f $log ]]; then
   grep -B1 -A3 "sm90" "$log" | grep -E "Compiling entry|Used|spill" >"$out/ptxas_sm90.txt" || true
@@ -130,9 +117,8 @@ json.dump({"errors": errs, "rows": [[n, m, t] for n, m, t in rows_out], "device"
 EOF
 
 echo
-echo "== cubins"; grep -o "sm_[0-9a-z]*" "$out/elf.txt" 2>/dev/null | sort | uniq -c
-echo "== sm90 kernels: SASS counts"; cat "$out/hgmma.txt" 2>/dev/null | grep -i sm90
-echo "== sm90 kernels: resource usage"; cat "$out/res_usage_sm90.txt" 2>/dev/null | sed -E 's/ +/ /g' | cut -c1-200
+echo "== machine code (sm90 kernels; all kernels in machine_code.txt)"
+grep -E "^\| (kernel|sm90_)|^local memory|cuobjdump" "$out/machine_code.txt"
 [[ -s $out/ptxas_sm90.txt ]] && { echo "== ptxas (sm90)"; sort "$out/ptxas_sm90.txt" | uniq -c | grep -v Compiling; }
 [[ -s $out/ptxas_warnings.txt ]] && { echo "== ptxas warnings"; cat "$out/ptxas_warnings.txt"; }
 echo "== timing"; sed -n '/^| bf16/,$p' "$out/timing.log"

@@ -1,0 +1,141 @@
+"""The built CUDA kernels as machine code, read from the extension with cuobjdump: no GPU needed.
+
+    python -m benchmarks.machine_code [--so PATH] [--kernels REGEX] [--arch sm_90a]
+
+One row per kernel and arch: registers, stack and local memory (spills live there), and the counts of
+the instructions that show a kernel runs the way it was written: HGMMA (wgmma), HMMA (mma.sync, WMMA),
+UTMALDG (TMA loads), USETMAXREG (warp specialization's register split), LDL/STL (local memory traffic).
+cuobjdump is taken from PATH, then CUDA_HOME, then the copy that ships inside the triton package.
+"""
+import argparse
+import collections
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+
+COUNTED = ("HGMMA", "HMMA", "UTMALDG", "USETMAXREG", "FFMA", "DFMA", "LDL", "STL")
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?")
+_RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+@dataclasses.dataclass
+class Kernel:
+    name: str  # demangled, without namespaces and parameters: sm90_gemm_kernel<true, 1, 1, false>
+    mangled: str
+    arch: str
+    regs: int = 0
+    stack: int = 0
+    local: int = 0
+    shared: int = 0
+    ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # opcode -> count
+
+    @property
+    def local_traffic(self):
+        return self.ops["LDL"] + self.ops["STL"]
+
+
+def find_cuobjdump():
+    found = shutil.which("cuobjdump")
+    home = os.environ.get("CUDA_HOME")
+    if not found and home and os.path.exists(os.path.join(home, "bin", "cuobjdump")):
+        found = os.path.join(home, "bin", "cuobjdump")
+    if not found:
+        try:
+            import triton
+        except ImportError:
+            return None
+        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        found = bundled if os.path.exists(bundled) else None
+    return found
+
+
+def extension_path():
+    import twolayer_ops._C
+
+    return twolayer_ops._C.__file__
+
+
+def _by_arch(text, line_re):
+    """Yields (arch, mangled function name, line) for each line that follows a 'Function' line."""
+    arch = function = None
+    for line in text.splitlines():
+        if line.startswith("arch = "):
+            arch = line.split("=", 1)[1].strip()
+        found = re.search(r"Function\s*:?\s*([\w$.]+)", line)
+        if found:
+            function = found.group(1).rstrip(":")
+            continue
+        if function and line_re.search(line):
+            yield arch, function, line
+
+
+def short_names(mangled):
+    """Demangled names (c++filt, where installed) without namespaces, return type and parameters."""
+    filt = shutil.which("c++filt")
+    names = list(mangled)
+    if filt and names:
+        names = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True, check=True).stdout.split("\n")
+    out = {}
+    for m, name in zip(mangled, names):
+        name = re.sub(r"^void ", "", name)
+        name = re.sub(r"(\(anonymous namespace\)|\w+)::", "", name)
+        depth = 0
+        for i, ch in enumerate(name):  # drop the parameter list: the first '(' outside template brackets
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "(" and depth == 0:
+                name = name[:i]
+                break
+        out[m] = name
+    return out
+
+
+def read_kernels(so_path=None, cuobjdump=None):
+    """Every kernel of every cubin in the extension, with its resources and instruction counts."""
+    so_path = so_path or extension_path()
+    cuobjdump = cuobjdump or find_cuobjdump()
+    if cuobjdump is None:
+        raise FileNotFoundError("cuobjdump not found (PATH, CUDA_HOME/bin, or the triton package)")
+
+    def dump(flag):
+        return subprocess.run([cuobjdump, flag, so_path], capture_output=True, text=True, check=True).stdout
+
+    kernels = {}
+    for arch, fn, line in _by_arch(dump("-res-usage"), _RESOURCES):
+        regs, stack, shared, local = map(int, _RESOURCES.search(line).groups())
+        kernels[arch, fn] = Kernel("", fn, arch, regs, stack, local, shared)
+    for arch, fn, line in _by_arch(dump("-sass"), _INSTRUCTION):
+        kernel = kernels.setdefault((arch, fn), Kernel("", fn, arch))
+        kernel.ops[_INSTRUCTION.match(line).group(1)] += 1
+    names = short_names(sorted({k.mangled for k in kernels.values()}))
+    for kernel in kernels.values():
+        kernel.name = names[kernel.mangled]
+    return sorted(kernels.values(), key=lambda k: (k.arch, k.name))
+
+
+def table(kernels):
+    head = ["kernel", "arch", "regs", "stack B", "local B", *COUNTED]
+    rows = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for k in kernels:
+        rows.append("| " + " | ".join(map(str, [k.name, k.arch, k.regs, k.stack, k.local, *(k.ops[o] for o in COUNTED)])) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--so", help="the extension (default: the importable twolayer_ops._C)")
+    parser.add_argument("--kernels", default="", help="only kernels whose short name matches this regex")
+    parser.add_argument("--arch", default="", help="only this arch, e.g. sm_90a")
+    args = parser.parse_args(argv)
+    so_path = args.so or extension_path()
+    kernels = [k for k in read_kernels(so_path) if re.search(args.kernels, k.name) and args.arch in ("", k.arch)]
+    print(f"{so_path}: {len(kernels)} kernels")
+    print(table(kernels))
+    spilling = [f"{k.name} ({k.arch}: {k.local_traffic} LDL/STL, {k.stack} B stack)" for k in kernels if k.local_traffic]
+    print("local memory traffic (spills or local arrays): " + ("; ".join(spilling) if spilling else "none"))
+
+
+if __name__ == "__main__":
+    main()

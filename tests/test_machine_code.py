@@ -1,0 +1,61 @@
+"""The built CUDA kernels are what they were written to be, read from their machine code (cuobjdump,
+which ships inside the triton package): no GPU needed, so CI checks it on every build."""
+import shutil
+
+import pytest
+
+from benchmarks import machine_code
+from twolayer_ops import ops
+
+pytestmark = [
+    pytest.mark.skipif(not ops.HAS_CUDA_KERNELS, reason="extension built without CUDA"),
+    pytest.mark.skipif(machine_code.find_cuobjdump() is None, reason="no cuobjdump (PATH, CUDA_HOME or triton)"),
+]
+
+
+@pytest.fixture(scope="module")
+def sm90a():
+    kernels = [k for k in machine_code.read_kernels() if k.arch == "sm_90a"]
+    if not kernels:
+        pytest.skip("no sm_90a cubin in this build (TORCH_CUDA_ARCH_LIST names no 9.0 arch)")
+    return kernels
+
+
+def named(kernels, prefix):
+    found = [k for k in kernels if k.name.startswith(prefix)]
+    assert found, f"no {prefix} kernel in the sm_90a cubin: {sorted({k.name for k in kernels})}"
+    return found
+
+
+def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
+    for k in named(sm90a, "sm90_gemm_kernel<"):
+        assert k.ops["HGMMA"] > 0, f"{k.name}: no HGMMA (wgmma), so no Hopper tensor-core path"
+        assert k.ops["UTMALDG"] > 0, f"{k.name}: no UTMALDG, so its tiles are not loaded by TMA"
+        assert k.ops["USETMAXREG"] >= 2, f"{k.name}: producer and consumers do not split the registers"
+        assert k.ops["HMMA"] == 0, f"{k.name}: has mma.sync (HMMA) besides wgmma"
+
+
+def test_no_local_memory_in_the_hopper_and_fused_step_kernels(sm90a):
+    """No spills: nothing in local memory, no LDL/STL (the ptxas report's '0 bytes spill' from the binary)."""
+    checked = named(sm90a, "sm90_") + named(sm90a, "fused_two_layer_kernel<")
+    bad = [f"{k.name}: {k.stack} B stack, {k.local} B local, {k.local_traffic} LDL/STL" for k in checked
+           if k.stack or k.local or k.local_traffic]
+    assert not bad, bad
+
+
+def test_float32_kernels_never_use_tf32_tensor_cores(sm90a):
+    """The portable float32 GEMM and the fused step are SIMT FFMA: IEEE float32, never TF32."""
+    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "fused_two_layer_kernel<float,"):
+        assert k.ops["FFMA"] > 0 and k.ops["HMMA"] == 0 and k.ops["HGMMA"] == 0, (k.name, k.ops)
+
+
+def test_half_precision_kernels_use_tensor_cores(sm90a):
+    for k in named(sm90a, "gemm_kernel<Half,") + named(sm90a, "gemm_kernel<BFloat16,"):
+        assert k.ops["HMMA"] > 0, f"{k.name}: no HMMA, so WMMA did not reach the tensor cores"
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="no c++filt: names stay mangled")
+def test_short_names_drop_namespaces_and_parameters():
+    mangled = ("_ZN12twolayer_ops4sm9052_GLOBAL__N__83cf05b4_19_linear_relu_sm90_cu_4be4ac6716sm90_gemm_kernel"
+               "ILb1ELi0ELi1ELb0EEEv14CUtensorMap_stS3_NS1_8GemmArgsE")
+    assert machine_code.short_names([mangled]) == {mangled: "sm90_gemm_kernel<true, 0, 1, false>"}
