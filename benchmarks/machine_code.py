@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 COUNTED = ("HGMMA", "HMMA", "UTMALDG", "USETMAXREG", "FFMA", "DFMA", "LDL", "STL")
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?")
@@ -61,8 +62,9 @@ def _by_arch(text, line_re):
     """Yields (arch, mangled function name, line) for each line that follows a 'Function' line."""
     arch = function = None
     for line in text.splitlines():
-        if line.startswith("arch = "):
-            arch = line.split("=", 1)[1].strip()
+        header = re.match(r"\s*(?:arch =|code for) (sm_\w+)", line)
+        if header:
+            arch = header.group(1)
         found = re.search(r"Function\s*:?\s*([\w$.]+)", line)
         if found:
             function = found.group(1).rstrip(":")
@@ -93,7 +95,8 @@ def short_names(mangled):
 
 
 def read_kernels(so_path=None, cuobjdump=None):
-    """Every kernel of every cubin in the extension, with its resources and instruction counts."""
+    """Every kernel of every cubin in the extension (or in a .cubin file), with its resources and
+    instruction counts."""
     so_path = so_path or extension_path()
     cuobjdump = cuobjdump or find_cuobjdump()
     if cuobjdump is None:
@@ -107,12 +110,22 @@ def read_kernels(so_path=None, cuobjdump=None):
         regs, stack, shared, local = map(int, _RESOURCES.search(line).groups())
         kernels[arch, fn] = Kernel("", fn, arch, regs, stack, local, shared)
     for arch, fn, line in _by_arch(dump("-sass"), _INSTRUCTION):
+        if (arch, fn) not in kernels and (None, fn) in kernels:  # a bare cubin's -res-usage names no arch
+            kernels[arch, fn] = dataclasses.replace(kernels.pop((None, fn)), arch=arch)
         kernel = kernels.setdefault((arch, fn), Kernel("", fn, arch))
         kernel.ops[_INSTRUCTION.match(line).group(1)] += 1
     names = short_names(sorted({k.mangled for k in kernels.values()}))
     for kernel in kernels.values():
         kernel.name = names[kernel.mangled]
     return sorted(kernels.values(), key=lambda k: (k.arch, k.name))
+
+
+def read_cubin(cubin, cuobjdump=None):
+    """The kernels of a cubin held in memory, such as a Triton kernel's compiled.asm["cubin"]."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return read_kernels(f.name, cuobjdump)
 
 
 def table(kernels):

@@ -4,7 +4,8 @@ kernels, opt-in through TWOLAYER_OPS_TRITON_TMA=1.
 On CPU: the three kernels run through Triton's interpreter (host-side descriptors included) against
 a float64 reference; the eligibility rules; the fallback where triton lacks descriptors; the
 environment switch; and every kept config compiled for sm_90 without a GPU, with its shared memory,
-wgmma and TMA instructions checked. On a Hopper GPU: the path forced on, checked against a float64
+wgmma and TMA instructions checked in the PTX and, where cuobjdump is at hand, in the machine code
+(HGMMA, UTMALDG, no spills). On a Hopper GPU: the path forced on, checked against a float64
 reference across shapes, configs and the NaN/zero rules, with a spy that proves the TMA kernels ran."""
 import functools
 import os
@@ -18,6 +19,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from benchmarks import machine_code  # noqa: E402
 from twolayer_ops.backends import BACKENDS  # noqa: E402
 from twolayer_ops.triton_kernels import hopper  # noqa: E402
 from twolayer_ops.triton_kernels import linear_relu as tk  # noqa: E402
@@ -331,6 +333,10 @@ def test_kept_configs_compile_for_sm90_with_wgmma_and_tma(kernel, dtype, config,
     assert not re.search(r"\bmma\.sync", ptx)
     assert re.search(r"cp\.async\.bulk\.tensor\.2d\.shared[:a-z]*\.global", ptx), "no TMA load"
     assert re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared", ptx), "no TMA store"
+    if machine_code.find_cuobjdump():
+        (sass,) = machine_code.read_cubin(compiled.asm["cubin"])
+        assert sass.ops["HGMMA"] > 0 and sass.ops["UTMALDG"] > 0 and sass.ops["HMMA"] == 0, sass.ops
+        assert sass.stack == sass.local == sass.local_traffic == 0, f"spills: {sass}"
 
 
 # ---- on a Hopper GPU ------------------------------------------------------------------------------
