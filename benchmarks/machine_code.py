@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 
 COUNTED = ("HGMMA", "HMMA", "UTMALDG", "USETMAXREG", "FFMA", "DFMA", "LDL", "STL")
-_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?")
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?(.*)")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -31,10 +31,40 @@ class Kernel:
     local: int = 0
     shared: int = 0
     ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # opcode -> count
+    hot_loop_ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # the same, in the math loops
+    code: list = dataclasses.field(default_factory=list, repr=False)  # (address, opcode, operands)
 
     @property
     def local_traffic(self):
         return self.ops["LDL"] + self.ops["STL"]
+
+    @property
+    def hot_loop_local_traffic(self):
+        """LDL/STL in the innermost loops that do the math: spills paid on every step, not once per tile."""
+        return self.hot_loop_ops["LDL"] + self.hot_loop_ops["STL"]
+
+
+MATH = ("HGMMA", "HMMA", "FFMA", "DFMA", "DMMA")
+
+
+def _count_hot_loops(kernel):
+    """Fills hot_loop_ops: the instructions of the innermost loops that do the math (a loop is the
+    span from a backward branch's target to the branch)."""
+    spans = []
+    for address, opcode, operands in kernel.code:
+        target = re.search(r"0x([0-9a-f]+)", operands) if opcode == "BRA" else None
+        if target and int(target.group(1), 16) <= address:
+            spans.append((int(target.group(1), 16), address))
+
+    def math_in(lo, hi):
+        return any(lo <= a <= hi and op in MATH for a, op, _ in kernel.code)
+
+    math_spans = [s for s in spans if math_in(*s)]
+    hot = [(lo, hi) for lo, hi in math_spans
+           if not any((lo, hi) != (l2, h2) and lo <= l2 and h2 <= hi for l2, h2 in math_spans)]
+    for address, opcode, _ in kernel.code:
+        if any(lo <= address <= hi for lo, hi in hot):
+            kernel.hot_loop_ops[opcode] += 1
 
 
 def find_cuobjdump():
@@ -113,7 +143,11 @@ def read_kernels(so_path=None, cuobjdump=None):
         if (arch, fn) not in kernels and (None, fn) in kernels:  # a bare cubin's -res-usage names no arch
             kernels[arch, fn] = dataclasses.replace(kernels.pop((None, fn)), arch=arch)
         kernel = kernels.setdefault((arch, fn), Kernel("", fn, arch))
-        kernel.ops[_INSTRUCTION.match(line).group(1)] += 1
+        address, opcode, _, operands = _INSTRUCTION.match(line).groups()
+        kernel.ops[opcode] += 1
+        kernel.code.append((int(address, 16), opcode, operands))
+    for kernel in kernels.values():
+        _count_hot_loops(kernel)
     names = short_names(sorted({k.mangled for k in kernels.values()}))
     for kernel in kernels.values():
         kernel.name = names[kernel.mangled]
@@ -129,10 +163,10 @@ def read_cubin(cubin, cuobjdump=None):
 
 
 def table(kernels):
-    head = ["kernel", "arch", "regs", "stack B", "local B", *COUNTED]
+    head = ["kernel", "arch", "regs", "stack B", "local B", *COUNTED, "LDL/STL in math loops"]
     rows = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for k in kernels:
-        rows.append("| " + " | ".join(map(str, [k.name, k.arch, k.regs, k.stack, k.local, *(k.ops[o] for o in COUNTED)])) + " |")
+        rows.append("| " + " | ".join(map(str, [k.name, k.arch, k.regs, k.stack, k.local, *(k.ops[o] for o in COUNTED), k.hot_loop_local_traffic])) + " |")
     return "\n".join(rows)
 
 
@@ -146,7 +180,8 @@ def main(argv=None):
     kernels = [k for k in read_kernels(so_path) if re.search(args.kernels, k.name) and args.arch in ("", k.arch)]
     print(f"{so_path}: {len(kernels)} kernels")
     print(table(kernels))
-    spilling = [f"{k.name} ({k.arch}: {k.local_traffic} LDL/STL, {k.stack} B stack)" for k in kernels if k.local_traffic]
+    spilling = [f"{k.name} ({k.arch}: {k.local_traffic} LDL/STL, {k.hot_loop_local_traffic} in math loops, {k.stack} B stack)"
+                for k in kernels if k.local_traffic]
     print("local memory traffic (spills or local arrays): " + ("; ".join(spilling) if spilling else "none"))
 
 

@@ -20,20 +20,19 @@ each result against float64 on sampled rows/columns is printed beside it; the ta
 A time budget skips what would not fit (it says so) so that the table always prints.
 
 --compile compiles every kept Hopper config for sm_90 without a GPU (hopper.compile_for) and
-prints shared memory, wgmma and TMA instruction counts, and registers/spills from ptxas -v.
+prints shared memory, wgmma and TMA instruction counts, and registers and spills from the cubin.
 """
 import argparse
 import csv
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 import triton
 
+from benchmarks import machine_code
 from twolayer_ops.triton_kernels import hopper
 from twolayer_ops.triton_kernels import linear_relu as tk
 
@@ -41,28 +40,20 @@ ops = torch.ops.twolayer_ops
 SHAPES_16 = [(8192, 4096, 4096), (8192, 4096, 16384), (8192, 8192, 8192)]
 SHAPES_32 = [(4096, 4096, 4096)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "ieee": torch.float32}
-# The portable kernels' tiles the sweep autotunes over: the two meant for these large shapes.
-PORTABLE_TILES = 2
+# The portable kernels' tiles the sweep autotunes over: the three meant for these large shapes.
+PORTABLE_TILES = 3
 DEVICE = "cuda"  # a dry run of the sweep's logic sets "cpu" under TRITON_INTERPRET=1
 
 
 # ---- compile report (no GPU) ---------------------------------------------------------------------
 
-def ptxas_report(ptx):
-    """(registers, spill bytes) from the ptxas bundled with triton, or (None, None)."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    arch = re.search(r"\.target\s+(sm_\w+)", ptx)
-    if not os.path.exists(ptxas) or not arch:
-        return None, None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        out = subprocess.run([ptxas, f"-arch={arch.group(1)}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
-                             capture_output=True, text=True).stderr
-    regs = re.search(r"Used (\d+) registers", out)
-    spills = re.findall(r"(\d+) bytes spill stores", out)
-    return (int(regs.group(1)) if regs else None), sum(int(s) for s in spills)
+def machine_code_report(cubin):
+    """(registers, local memory bytes, LDL/STL in the k-loop) of a compiled kernel, or Nones where
+    no cuobjdump is at hand."""
+    if machine_code.find_cuobjdump() is None:
+        return None, None, None
+    (k,) = machine_code.read_cubin(cubin)
+    return k.regs, k.stack + k.local, k.hot_loop_local_traffic
 
 
 def config_name(spec, config):
@@ -76,8 +67,8 @@ def compile_report(out_dir):
     rows = []
     print(f"triton {triton.__version__}: every kept Hopper config compiled for sm_90 (limit 232448 B of shared memory)")
     print("| kernel | dtype | config (F flatten, S split epilogue) | db | shared B (estimate) | wgmma | TMA ld/st "
-          "| regs | spill B |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| regs | local B | LDL/STL in k-loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kernel, spec in hopper.KERNELS.items():
         name = tk.python_function(kernel).__name__.replace("linear_relu_", "").replace("_tma_kernel", "")
         dtypes = [torch.bfloat16, torch.float16] + ([torch.float32] if name == "fwd" else [])
@@ -88,7 +79,7 @@ def compile_report(out_dir):
                     t0 = time.time()
                     compiled = hopper.compile_for(kernel, config, dtype, **extra)
                     ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
-                    regs, spills = ptxas_report(ptx)
+                    regs, local, loop_spills = machine_code_report(compiled.asm["cubin"])
                     est = hopper.shared_memory_bytes(spec, config.kwargs, config.num_stages, dtype.itemsize)
                     row = dict(
                         kernel=name, dtype=str(dtype).replace("torch.", ""), config=config_name(spec, config),
@@ -97,13 +88,13 @@ def compile_report(out_dir):
                         warp_group_dot="warp_group_dot" in ttgir,
                         tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared[:a-z]*\.global", ptx)),
                         tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
-                        mma_sync=len(re.findall(r"\bmma\.sync", ptx)), regs=regs, spills=spills,
+                        mma_sync=len(re.findall(r"\bmma\.sync", ptx)), regs=regs, local=local, loop_spills=loop_spills,
                         seconds=round(time.time() - t0, 1),
                     )
                     rows.append(row)
                     print(f"| {row['kernel']} | {row['dtype']} | {row['config']} | {row['db']} | {row['shared']} ({est}) | "
                           f"{row['wgmma']}{'' if row['warp_group_dot'] else ' (no warp_group_dot)'} | "
-                          f"{row['tma_load']}/{row['tma_store']} | {regs} | {spills} |", flush=True)
+                          f"{row['tma_load']}/{row['tma_store']} | {regs} | {local} | {loop_spills} |", flush=True)
     if out_dir:
         write_csv(os.path.join(out_dir, f"compile_sm90_triton{triton.__version__}.csv"), rows)
     bad = [r for r in rows

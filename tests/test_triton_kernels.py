@@ -1,8 +1,10 @@
 """The Triton backend's own tests, beyond the parity suite that runs it with every other backend:
 which path runs a tensor (interpreted twin on CPU, compiled kernel on CUDA) and which kernels a
 call launches, parity with the native kernels on identical inputs, gradcheck, opcheck and
-torch.compile on the raw ops, and on a GPU every autotune config, TF32 and determinism."""
+torch.compile on the raw ops; every config the autotuner tries, compiled for sm_90 without a GPU
+and read as machine code; and on a GPU every autotune config, TF32 and determinism."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,8 +16,10 @@ from torch.library import opcheck
 
 pytest.importorskip("triton")
 
+from benchmarks import machine_code  # noqa: E402
 from twolayer_ops import available_backends, linear_relu, relu  # noqa: E402
 from twolayer_ops.backends import BACKENDS  # noqa: E402
+from twolayer_ops.triton_kernels import aot  # noqa: E402
 from twolayer_ops.triton_kernels import linear_relu as tk  # noqa: E402
 
 from .reference import REL_TOL, assert_close_to_ref, linear_relu_ref  # noqa: E402
@@ -249,12 +253,66 @@ def test_compile_two_layer_net_fullgraph_dynamic():
     assert counter.frame_count == 1
 
 
+# ---- compiled for sm_90 without a GPU (CPU) --------------------------------------------------------
+
+M_ = N_ = K_ = 4096  # an LLM-size call on contiguous tensors: what the JIT specializes on
+CALL_INTS = {
+    tk.linear_relu_fwd_kernel: dict(M=M_, N=N_, K=K_, stride_xm=K_, stride_xk=1, stride_wn=K_, stride_wk=1,
+                                    stride_b=1, stride_om=N_, stride_on=1),
+    tk.linear_relu_dx_kernel: dict(M=M_, N=N_, K=K_, stride_gm=N_, stride_gn=1, stride_om=N_, stride_on=1,
+                                   stride_wn=K_, stride_wk=1, stride_dxm=K_, stride_dxk=1),
+    tk.linear_relu_dw_db_kernel: dict(M=M_, N=N_, K=K_, stride_gm=N_, stride_gn=1, stride_om=N_, stride_on=1,
+                                      stride_xm=K_, stride_xk=1, stride_dwn=K_, stride_dwk=1, stride_db=1),
+}
+VARIANT_CONSTEXPRS = {tk.linear_relu_fwd_kernel: {"HAS_BIAS": True}, tk.linear_relu_dx_kernel: {},
+                      tk.linear_relu_dw_db_kernel: {"COMPUTE_DW": True, "COMPUTE_DB": True}}
+PRECISIONS = [(torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "ieee"), (torch.float32, "tf32"),
+              (torch.float64, "ieee")]
+
+
+def sm90_cases():
+    return [
+        pytest.param(kernel, dtype, precision, config,
+                     id=f"{tk.python_function(kernel).__name__}-{dtype}-{precision}-{config}".replace(" ", ""))
+        for kernel in GEMM_KERNELS
+        for dtype, precision in PRECISIONS
+        for config in tk.kept_configs(kernel, dtype, precision)
+    ]
+
+
+@pytest.mark.skipif("nvidia" not in tk.triton_backends, reason="triton has no NVIDIA compiler here")
+@pytest.mark.skipif(machine_code.find_cuobjdump() is None, reason="no cuobjdump (PATH, CUDA_HOME or triton)")
+@pytest.mark.parametrize("kernel,dtype,precision,config", sm90_cases())
+def test_kept_configs_compile_for_sm90(kernel, dtype, precision, config):
+    """Every config the autotuner tries fits an H100's shared memory, does its dot on the units the
+    precision asks for (tensor cores for 16-bit and TF32; FFMA, never TF32, for IEEE float32;
+    float64 units for float64), and spills at most a trace in its k-loop (under 1% of the loop's
+    math instructions; the SIMT rule in keeps() prunes the tiles that spill more)."""
+    compiled = aot.compile_for(kernel, config, dtype, ints=CALL_INTS[kernel], ACC_DTYPE=tk.acc_dtype(dtype),
+                               INPUT_PRECISION=precision, **VARIANT_CONSTEXPRS[kernel])
+    assert compiled.metadata.shared <= tk.H100_SHARED_MEMORY
+    (sass,) = machine_code.read_cubin(compiled.asm["cubin"])
+    tensor_cores = sass.ops["HGMMA"] + sass.ops["HMMA"]
+    if dtype == torch.float64:
+        assert sass.ops["DMMA"] + sass.ops["DFMA"] > 0 and tensor_cores == 0, sass.ops
+    elif dtype == torch.float32 and precision == "ieee":
+        assert sass.ops["FFMA"] > 0 and tensor_cores == 0, sass.ops
+    else:
+        assert tensor_cores > 0 and sass.ops["FFMA"] == 0, sass.ops
+        if precision == "tf32":
+            assert re.search(r"(wgmma\.mma_async|mma)\S*\.tf32", compiled.asm["ptx"])
+    math = sum(sass.hot_loop_ops[op] for op in machine_code.MATH)
+    assert math > 0, "no k-loop found"
+    assert sass.hot_loop_local_traffic <= 0.01 * math, (
+        f"{sass.hot_loop_local_traffic} LDL/STL against {math} math instructions in the k-loop ({sass.regs} registers)")
+
+
 # ---- GPU: compiled kernels ---------------------------------------------------------------------
 
-def kept_configs(kernel, dtype):
-    """The configs the shared-memory pruner keeps for `dtype` on this GPU."""
+def kept_configs(kernel, dtype, precision="ieee"):
+    """The configs the autotuner of `kernel` tries for `dtype` and `precision` on this GPU."""
     probe = torch.empty(0, dtype=dtype, device="cuda")
-    return kernel.early_config_prune(kernel.configs, {"t": probe})
+    return kernel.early_config_prune(kernel.configs, {"t": probe}, INPUT_PRECISION=precision)
 
 
 def run_with_config(monkeypatch, kernel, config, fn):
@@ -296,7 +354,7 @@ def test_every_config_on_gpu(monkeypatch, kernel, dtype):
 @requires_cuda
 @pytest.mark.parametrize("kernel", GEMM_KERNELS, ids=lambda k: tk.python_function(k).__name__)
 def test_every_config_is_kept_for_some_dtype(kernel):
-    kept = {str(c) for dtype in tk.CUDA_DTYPES for c in kept_configs(kernel, dtype)}
+    kept = {str(c) for dtype in tk.CUDA_DTYPES for precision in ("ieee", "tf32") for c in kept_configs(kernel, dtype, precision)}
     assert kept == {str(c) for c in kernel.configs}
 
 

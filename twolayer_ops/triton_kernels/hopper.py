@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import aot
+
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a triton without host-side tensor descriptors: the portable kernels only
@@ -472,36 +474,14 @@ def grad_weight_bias(g, o, x, dw, db, input_precision, runner=None):
 
 # ---- compiling without a GPU (evidence, tests) ---------------------------------------------------
 
-TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
 def compile_for(kernel, config, dtype, capability=90, **constexprs):
-    """Compiles `kernel` under `config` for an sm_<capability> GPU without one present (through
-    triton.compile with an explicit GPUTarget, as in triton 3.6 and 3.8) and returns the compiled
-    kernel: .asm["ttgir"], .asm["ptx"], .metadata.shared. Constexprs not in the config default to
-    the bias/db variants and the dtype's dot precision (TF32 for float32)."""
-    from triton.backends.compiler import GPUTarget
-
-    fn = kernel.fn
-    ty = TRITON_TYPES[dtype]
-    shapes = block_shapes(KERNELS[kernel], config.kwargs)
-    signature = {}
-    for p in fn.params:
-        if p.is_constexpr:
-            signature[p.name] = "constexpr"
-        elif p.name in shapes:
-            signature[p.name] = f"tensordesc<{ty}[{shapes[p.name][0]}, {shapes[p.name][1]}]>"
-        elif p.name.endswith("_ptr"):
-            signature[p.name] = f"*{ty}"
-        else:
-            signature[p.name] = "i32"
+    """`kernel` under `config` compiled for an sm_<capability> GPU with none present (aot.compile_for).
+    Constexprs not given default to the bias/db variants and the dtype's dot precision (TF32 for
+    float32, the only float32 this path takes)."""
     consts = {"NUM_SMS": 132, "DTYPE": str(dtype), "INPUT_PRECISION": "tf32" if dtype == torch.float32 else "ieee"}
-    consts.update({name: True for name in ("HAS_BIAS", "COMPUTE_DB") if name in fn.arg_names})
-    consts.update(config.kwargs)
+    consts.update({name: True for name in ("HAS_BIAS", "COMPUTE_DB") if name in kernel.fn.arg_names})
     consts.update(constexprs)
-    source = triton.compiler.ASTSource(fn, signature, consts)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    return aot.compile_for(kernel, config, dtype, capability, block_shapes(KERNELS[kernel], config.kwargs), **consts)
 
 
 def kept_configs(kernel, dtype, shared_limit=232448, compute_db=False):

@@ -78,9 +78,10 @@ CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # (tile rows, tile cols, reduction step, num_warps, num_stages). All steps are >= 16: the GPU's
 # fp16/bf16 dots need K >= 16. Large tiles feed the 8192x4096 bf16 layers, the last one the
-# 64-row seed layer; the shared-memory pruner drops the ones too big for 4- and 8-byte dtypes.
+# 64-row seed layer; the pruner drops the ones too big for a dtype (see keeps).
 TILES = [
     (128, 256, 64, 8, 3),
+    (128, 128, 32, 8, 4),  # 8 warps: the large SIMT float32 tile that fits in registers
     (128, 128, 32, 4, 4),
     (64, 128, 32, 4, 4),
     (128, 64, 32, 4, 4),
@@ -88,6 +89,11 @@ TILES = [
     (32, 64, 32, 2, 5),
 ]
 GROUP_SIZE = 8
+# A SIMT dot (IEEE float32, float64) whose accumulator takes more registers per thread than this
+# spills in its k-loop. Compiled for sm_90 (tests/test_triton_kernels.py), float32 128x128 tiles on
+# 4 warps (128 registers) and float64 64x128 ones (128) do; the kept configs spill at most a trace.
+SIMT_ACCUMULATOR_REGISTERS = 64
+H100_SHARED_MEMORY = 232448  # bytes per block, opt-in: H100 and H200
 # The one config of the interpreter (CPU). Its cost is per op, not per element: 64 was fastest
 # on the test shapes (64x1000 -> 100 fwd+bwd: 0.8 s, against 3.9 s at 32 and 1.0 s at 128).
 INTERPRETER_TILE = 64
@@ -115,28 +121,45 @@ def shared_memory_bytes(config, rows, cols, step, a_loads, element_size):
     return (a_loads * kw[rows] + kw[cols]) * kw[step] * element_size * config.num_stages
 
 
-def shared_memory_pruner(rows, cols, step, a_loads):
-    """An early_config_prune that keeps the configs whose tiles fit in the device's shared memory
-    at the dtype of this call (float64 tiles take 4x the bytes of bf16 ones); never none."""
+def keeps(config, layout, dtype, precision, shared_limit):
+    """Whether the autotuner tries `config` for a dot of `dtype` at `precision` ("ieee", "tf32"):
+    its tiles fit in shared memory and, for a SIMT dot, its accumulator in registers."""
+    rows, cols, step, a_loads = layout
+    if shared_memory_bytes(config, rows, cols, step, a_loads, dtype.itemsize) > shared_limit:
+        return False
+    simt = dtype == torch.float64 or (dtype == torch.float32 and precision == "ieee")
+    kw = config.kwargs
+    registers = kw[rows] * kw[cols] * max(dtype.itemsize // 4, 1) / (32 * config.num_warps)
+    return not simt or registers <= SIMT_ACCUMULATOR_REGISTERS
 
-    def prune(configs, named_args, **kwargs):
-        t = next(a for a in named_args.values() if isinstance(a, torch.Tensor))
-        limit = max_shared_memory(t.device.index)
-        size = functools.partial(
-            shared_memory_bytes, rows=rows, cols=cols, step=step, a_loads=a_loads, element_size=t.element_size()
-        )
-        return [c for c in configs if size(c) <= limit] or [min(configs, key=size)]
 
-    return prune
+def kept(configs, layout, dtype, precision, shared_limit):
+    """The configs that keeps() admits; never none (the smallest tiles where it admits nothing)."""
+    admitted = [c for c in configs if keeps(c, layout, dtype, precision, shared_limit)]
+    return admitted or [min(configs, key=lambda c: shared_memory_bytes(c, *layout, dtype.itemsize))]
+
+
+def kept_configs(kernel, dtype, precision, shared_limit=H100_SHARED_MEMORY):
+    """The configs the autotuner of `kernel` tries for `dtype` and `precision`."""
+    return kept(kernel.configs, kernel.tile_layout, dtype, precision, shared_limit)
 
 
 def autotune(rows, cols, step, a_loads, key):
-    # The autotuner adds every tensor argument's dtype to `key`: each dtype tunes apart.
-    return triton.autotune(
-        configs=gemm_configs(rows, cols, step),
-        key=key,
-        prune_configs_by={"early_config_prune": shared_memory_pruner(rows, cols, step, a_loads)},
-    )
+    """triton.autotune over TILES, pruned by keeps() at the call's dtype, precision and device. The
+    autotuner adds every tensor argument's dtype to `key`: each dtype tunes apart."""
+    layout = (rows, cols, step, a_loads)
+
+    def prune(configs, named_args, **kwargs):
+        t = next(a for a in named_args.values() if isinstance(a, torch.Tensor))
+        return kept(configs, layout, t.dtype, kwargs["INPUT_PRECISION"], max_shared_memory(t.device.index))
+
+    def wrap(fn):
+        tuner = triton.autotune(configs=gemm_configs(rows, cols, step), key=key,
+                                prune_configs_by={"early_config_prune": prune})(fn)
+        tuner.tile_layout = layout
+        return tuner
+
+    return wrap
 
 
 @autotune("BLOCK_M", "BLOCK_N", "BLOCK_K", a_loads=1, key=["M", "N", "K", "HAS_BIAS", "INPUT_PRECISION"])
