@@ -43,6 +43,13 @@ def test_no_local_memory_in_the_hopper_and_fused_step_kernels(sm90a):
     assert not bad, bad
 
 
+def test_no_kernel_spills_in_its_math_loops(sm90a):
+    """Every kernel: no LDL/STL in the innermost loops that do the math. (The portable bf16 forward
+    keeps 4 bytes in local memory across a whole tile, outside its k-loop.)"""
+    bad = [f"{k.name}: {k.hot_loop_local_traffic}" for k in sm90a if k.hot_loop_local_traffic]
+    assert not bad, bad
+
+
 def test_float32_kernels_never_use_tf32_tensor_cores(sm90a):
     """The portable float32 GEMM and the fused step are SIMT FFMA: IEEE float32, never TF32."""
     for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "fused_two_layer_kernel<float,"):
