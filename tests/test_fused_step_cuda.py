@@ -85,23 +85,23 @@ def schedule(calls_done, steps, accumulation_steps):
     return out
 
 
-def run_steps(case, optimizer, accumulation_steps, steps=STEPS, calls_done=0):
-    """`steps` two_layer_step calls; returns the losses (a tensor)."""
+def run_steps(case, optimizer, accumulation_steps, steps=STEPS, calls_done=0, op=ops):
+    """`steps` op.two_layer_step calls; returns the losses (a tensor)."""
     x, y, params, grads, state = case
     lr, momentum, beta1, beta2, eps = hyper(optimizer, x.shape[1])
-    losses = [ops.two_layer_step(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps, step, scale, update)
+    losses = [op.two_layer_step(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps, step, scale, update)
               for update, step, scale in schedule(calls_done, steps, accumulation_steps)]
     return torch.stack(losses)
 
 
-def run_train(case, optimizer, accumulation_steps, chunks=(7, 1, STEPS - 8), calls_done=0):
-    """two_layer_train launches of `chunks` steps each, calls_done carried over; returns all losses."""
+def run_train(case, optimizer, accumulation_steps, chunks=(7, 1, STEPS - 8), calls_done=0, op=ops):
+    """op.two_layer_train launches of `chunks` steps each, calls_done carried over; returns all losses."""
     x, y, params, grads, state = case
     lr, momentum, beta1, beta2, eps = hyper(optimizer, x.shape[1])
     losses = []
     for k in chunks:
-        losses.append(ops.two_layer_train(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps,
-                                          calls_done, k, accumulation_steps))
+        losses.append(op.two_layer_train(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps,
+                                         calls_done, k, accumulation_steps))
         calls_done += k
     return torch.cat(losses)
 
@@ -126,6 +126,8 @@ def assert_norm(got, want, tol, what):
 
 
 def compare(cpu_case, cuda_case, initial, cpu_losses, cuda_losses, dtype):
+    """The CUDA run against the CPU run of the same calls: float64 elementwise within 1e-9, float32 in
+    norm within 1e-4 (see the module's docstring)."""
     names = ["w1", "b1", "w2", "b2"]
     if dtype == torch.float64:
         tol, check = 1e-9, assert_elementwise

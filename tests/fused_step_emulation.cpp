@@ -1,0 +1,299 @@
+// The fused CUDA step's portable core (csrc/cuda/train_step_kernel.h) run on a CPU: one OS thread per
+// CUDA thread, std::barrier for __syncthreads, the grid barrier and the warp shuffles. Shared memory
+// and the global scratch start as NaN, so a read of anything not written first shows in the results.
+// tests/test_fused_step_emulated.py builds it as a shared library (emulated_launch, through ctypes)
+// and, with -DEMULATION_MAIN -fsanitize=thread, as a program that runs launches under ThreadSanitizer.
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <pthread.h>
+
+#define __host__
+#define __device__
+#define __forceinline__ inline
+
+struct Dim3 {
+  unsigned x = 0, y = 1, z = 1;
+};
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 gridDim, blockDim;
+
+struct Warp {
+  std::barrier<> arrive{32};
+  alignas(8) unsigned char slot[2][32][8];  // shuffles alternate between the two: see shfl_from
+};
+inline thread_local Warp* this_warp;
+inline thread_local int shuffle_parity;
+inline thread_local std::barrier<>* this_block;
+inline std::barrier<>* this_grid;
+
+inline void __syncthreads() { this_block->arrive_and_wait(); }
+
+namespace twolayer_ops {
+namespace fused_cuda {
+
+inline void grid_barrier() { this_grid->arrive_and_wait(); }
+
+// __shfl_*_sync over the full warp: every lane publishes its value, then reads the source lane's
+// (its own where the source is outside the warp, as __shfl_down_sync does). Consecutive shuffles use
+// alternate slot sets, so one barrier each suffices: a lane writes a set again only two shuffles
+// later, after the barrier of the shuffle between, which every lane reaches after its read.
+template <typename T>
+T shfl_from(T v, int src) {
+  static_assert(sizeof(T) <= 8);
+  const int lane = int(threadIdx.x % 32);
+  auto& slot = this_warp->slot[shuffle_parity];
+  shuffle_parity ^= 1;
+  std::memcpy(slot[lane], &v, sizeof(T));
+  this_warp->arrive.arrive_and_wait();
+  T r = v;
+  if (src >= 0 && src < 32) std::memcpy(&r, slot[src], sizeof(T));
+  return r;
+}
+template <typename T>
+T shfl_down(T v, int d) {
+  return shfl_from(v, int(threadIdx.x % 32) + d);
+}
+template <typename T>
+T shfl_xor(T v, int m) {
+  return shfl_from(v, int(threadIdx.x % 32) ^ m);
+}
+
+// Correctly rounded, never contracted: volatile keeps a * b + c from becoming an FMA.
+template <typename T>
+T add_rn(T a, T b) {
+  volatile T r = a + b;
+  return r;
+}
+template <typename T>
+T sub_rn(T a, T b) {
+  volatile T r = a - b;
+  return r;
+}
+template <typename T>
+T mul_rn(T a, T b) {
+  volatile T r = a * b;
+  return r;
+}
+template <typename T>
+T div_rn(T a, T b) {
+  volatile T r = a / b;
+  return r;
+}
+template <typename T>
+T sqrt_rn(T a) {
+  return std::sqrt(a);
+}
+
+template <typename T>
+struct Quad {
+  T v[4];
+};
+template <typename T>
+Quad<T> load4(const T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {  // a vector load on the GPU: it must be aligned
+    std::fprintf(stderr, "fused_step_emulation: misaligned load4 at %p\n", static_cast<const void*>(p));
+    std::abort();
+  }
+  return {{p[0], p[1], p[2], p[3]}};
+}
+
+}  // namespace fused_cuda
+}  // namespace twolayer_ops
+
+#include "../csrc/cuda/train_step_kernel.h"
+
+using namespace twolayer_ops::fused_cuda;
+
+namespace {
+
+struct Thread {
+  void (*body)(const void* args, unsigned char* smem);
+  const void* args;
+  unsigned char* smem;
+  unsigned block, thread;
+  Warp* warp;
+  std::barrier<>* block_barrier;
+};
+
+void* thread_main(void* p) {
+  const auto* t = static_cast<const Thread*>(p);
+  threadIdx.x = t->thread;
+  blockIdx.x = t->block;
+  this_warp = t->warp;
+  shuffle_parity = 0;
+  this_block = t->block_barrier;
+  t->body(t->args, t->smem);
+  return nullptr;
+}
+
+template <typename T, int OPT>
+void block_body(const void* args, unsigned char* smem) {
+  fused_block<T, OPT>(*static_cast<const FusedArgs<T>*>(args), smem);
+}
+
+// Runs fused_block on grid x kThreads threads, as cudaLaunchCooperativeKernel would.
+template <typename T, int OPT>
+void run_grid(const FusedArgs<T>& a, const Plan& plan) {
+  const int64_t grid = plan.grid();
+  gridDim.x = unsigned(grid);
+  blockDim.x = kThreads;
+  std::vector<std::vector<unsigned char>> smem(grid, std::vector<unsigned char>(plan.lay.total + 16, 0xff));
+  std::barrier<> grid_barrier(grid * kThreads);
+  this_grid = &grid_barrier;
+  std::vector<std::unique_ptr<std::barrier<>>> blocks;
+  std::vector<std::unique_ptr<Warp>> warps;
+  std::vector<Thread> threads(grid * kThreads);
+  std::vector<pthread_t> handles(threads.size());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int64_t b = 0; b < grid; ++b) {
+    blocks.push_back(std::make_unique<std::barrier<>>(kThreads));
+    for (int w = 0; w < kThreads / 32; ++w) warps.push_back(std::make_unique<Warp>());
+    unsigned char* base = smem[b].data();
+    base += (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;  // dynamic shared memory is 16-byte aligned
+    for (int t = 0; t < kThreads; ++t) {
+      threads[b * kThreads + t] = {&block_body<T, OPT>, &a, base, unsigned(b), unsigned(t),
+                                   warps[b * (kThreads / 32) + t / 32].get(), blocks[b].get()};
+    }
+  }
+  for (size_t i = 0; i < threads.size(); ++i) {
+    if (pthread_create(&handles[i], &attr, &thread_main, &threads[i]) != 0) {
+      std::fprintf(stderr, "fused_step_emulation: pthread_create failed at thread %zu\n", i);
+      std::abort();
+    }
+  }
+  for (pthread_t h : handles) pthread_join(h, nullptr);
+  pthread_attr_destroy(&attr);
+}
+
+template <typename T, int OPT>
+int launch(int64_t n, int64_t d_in, int64_t h, int64_t d_out, const void* x, const void* y, void* const* params,
+           void* const* grads, void* const* state, void* losses, int64_t steps, int single, int single_update,
+           int64_t single_step, int64_t calls_done, int64_t acc, double loss_scale, const double* hyper,
+           int64_t max_blocks, int64_t smem_limit, int64_t* plan_out) {
+  constexpr int ns = OPT == kSgd ? 0 : OPT == kMomentum ? 1 : 2;
+  int64_t min_smem = 0;
+  const Plan p = make_plan(n, d_in, h, d_out, int64_t(sizeof(T)), ns, max_blocks, smem_limit, &min_smem);
+  plan_out[0] = p.pj;
+  plan_out[1] = p.pk;
+  plan_out[2] = p.nc;
+  plan_out[3] = p.ok ? p.lay.total : min_smem;
+  if (!p.ok) return 1;
+  if (steps == 0) return 0;
+  const size_t bytes = size_t(scratch_layout(p, n, h, d_out, sizeof(T)).bytes);
+  std::vector<double> scratch(bytes / 8 + 2);  // malloc's 16-byte alignment, as cudaMalloc's (and more)
+  std::memset(scratch.data(), 0xff, scratch.size() * 8);  // all-ones bytes: NaN as float and as double
+  FusedArgs<T> a{};
+  set_plan(a, p, n, d_in, h, d_out, reinterpret_cast<unsigned char*>(scratch.data()));
+  a.x = static_cast<const T*>(x);
+  a.y = static_cast<const T*>(y);
+  for (int i = 0; i < 4; ++i) {
+    a.p[i] = static_cast<T*>(params[i]);
+    a.g[i] = static_cast<T*>(grads[i]);
+    a.s0[i] = ns >= 1 ? static_cast<T*>(state[i]) : nullptr;
+    a.s1[i] = ns >= 2 ? static_cast<T*>(state[4 + i]) : nullptr;
+  }
+  a.losses = static_cast<T*>(losses);
+  a.steps = steps;
+  a.single = single != 0;
+  a.single_update = single_update != 0;
+  a.single_step = single_step;
+  a.calls_done = calls_done;
+  a.acc = acc;
+  a.loss_scale = loss_scale;
+  a.lr = hyper[0];
+  a.momentum = hyper[1];
+  a.beta1 = hyper[2];
+  a.beta2 = hyper[3];
+  a.eps = hyper[4];
+  run_grid<T, OPT>(a, p);
+  return 0;
+}
+
+}  // namespace
+
+// One launch of the fused kernel on contiguous host arrays, with the CUDA host code's arguments
+// (train_step.cu: launch). es: 4 (float32) or 8 (float64); opt: 0 sgd, 1 momentum, 2 adam; state:
+// 0, 4 or 8 arrays as the optimizer needs; hyper: lr, momentum, beta1, beta2, eps; max_blocks and
+// smem_limit stand for the SM count and the per-block shared memory. plan_out: pj, pk, nc and the
+// shared memory per block (or, with no plan, the least any split needs). Returns 0, or 1 where no
+// split fits (the CUDA op raises its "on-chip limits" error there).
+extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t h, int64_t d_out, const void* x,
+                               const void* y, void* const* params, void* const* grads, void* const* state,
+                               void* losses, int64_t steps, int single, int single_update, int64_t single_step,
+                               int64_t calls_done, int64_t acc, double loss_scale, const double* hyper,
+                               int64_t max_blocks, int64_t smem_limit, int64_t* plan_out) {
+#define EMULATED_LAUNCH(T, OPT)                                                                                   \
+  return launch<T, OPT>(n, d_in, h, d_out, x, y, params, grads, state, losses, steps, single, single_update,    \
+                        single_step, calls_done, acc, loss_scale, hyper, max_blocks, smem_limit, plan_out)
+  if (es == 4) {
+    if (opt == kSgd) EMULATED_LAUNCH(float, kSgd);
+    if (opt == kMomentum) EMULATED_LAUNCH(float, kMomentum);
+    EMULATED_LAUNCH(float, kAdam);
+  }
+  if (opt == kSgd) EMULATED_LAUNCH(double, kSgd);
+  if (opt == kMomentum) EMULATED_LAUNCH(double, kMomentum);
+  EMULATED_LAUNCH(double, kAdam);
+#undef EMULATED_LAUNCH
+}
+
+#ifdef EMULATION_MAIN
+// Launches for ThreadSanitizer: every optimizer, a split over both H and D_in, rows of the batch on
+// several blocks, and the hidden gradient staged in chunks. Exits non-zero on a non-finite loss.
+int main() {
+  struct Case {
+    int es, opt;
+    int64_t n, d_in, h, d_out, max_blocks, smem_limit;
+  };
+  const Case cases[] = {{8, 2, 7, 33, 19, 5, 6, 232448},       // split over H
+                        {4, 0, 11, 200, 8, 10, 4, 8 * 1024},     // split over D_in; rows on several blocks
+                        {8, 1, 40, 9, 40, 3, 2, 13000}};         // the hidden gradient staged in chunks
+  for (const Case& c : cases) {
+    std::vector<double> x(c.n * c.d_in), y(c.n * c.d_out);
+    std::vector<std::vector<double>> tensors;
+    const int64_t sizes[4] = {c.h * c.d_in, c.h, c.d_out * c.h, c.d_out};
+    for (int i = 0; i < 16; ++i) tensors.emplace_back(sizes[i % 4] + 1, 0.0);  // params, grads, 8 state
+    for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(double(i));
+    for (size_t i = 0; i < y.size(); ++i) y[i] = std::cos(double(i));
+    for (int i = 0; i < 16; ++i)
+      for (size_t k = 0; k < tensors[i].size(); ++k) tensors[i][k] = i < 4 ? 0.1 * std::sin(double(k + i)) : 0.0;
+    if (c.es == 4) {  // the same values as float32, in place (each buffer holds twice what it needs)
+      auto narrow = [](std::vector<double>& v) {
+        auto* f = reinterpret_cast<float*>(v.data());
+        for (size_t i = 0; i < v.size(); ++i) f[i] = float(v[i]);
+      };
+      narrow(x);
+      narrow(y);
+      for (auto& t : tensors) narrow(t);
+    }
+    void* ptrs[16];
+    for (int i = 0; i < 16; ++i) ptrs[i] = tensors[i].data();
+    double losses[3];
+    const double hyper[5] = {1e-3, 0.9, 0.9, 0.999, 1e-8};
+    int64_t plan[4];
+    if (emulated_launch(c.es, c.opt, c.n, c.d_in, c.h, c.d_out, x.data(), y.data(), ptrs, ptrs + 4, ptrs + 8, losses,
+                        3, 0, 0, 0, 1, 2, 0.5, hyper, c.max_blocks, c.smem_limit, plan) != 0) {
+      std::fprintf(stderr, "no plan for case n=%ld\n", long(c.n));
+      return 2;
+    }
+    for (int s = 0; s < 3; ++s) {
+      const double l = c.es == 4 ? double(reinterpret_cast<float*>(losses)[s]) : losses[s];
+      if (!std::isfinite(l)) {
+        std::fprintf(stderr, "non-finite loss %g (case n=%ld)\n", l, long(c.n));
+        return 3;
+      }
+    }
+    std::printf("case es=%d opt=%d n=%ld: pj=%ld pk=%ld nc=%ld smem=%ld ok\n", c.es, c.opt, long(c.n), long(plan[0]),
+                long(plan[1]), long(plan[2]), long(plan[3]));
+  }
+  return 0;
+}
+#endif
