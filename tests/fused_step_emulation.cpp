@@ -1,9 +1,8 @@
 // The fused CUDA step's portable core (csrc/cuda/train_step_kernel.h) run on a CPU: one OS thread per
-// CUDA thread, std::barrier for __syncthreads, the grid barrier and the warp shuffles. Shared memory
+// CUDA thread, pthread barriers for __syncthreads, the grid barrier and the warp shuffles. Shared memory
 // and the global scratch start as NaN, so a read of anything not written first shows in the results.
 // tests/test_fused_step_emulated.py builds it as a shared library (emulated_launch, through ctypes)
 // and, with -DEMULATION_MAIN -fsanitize=thread, as a program that runs launches under ThreadSanitizer.
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -24,14 +23,22 @@ struct Dim3 {
 inline thread_local Dim3 threadIdx, blockIdx;
 inline Dim3 gridDim, blockDim;
 
+// glibc's barrier; ThreadSanitizer knows its ordering.
+struct Barrier {
+  explicit Barrier(unsigned count) { pthread_barrier_init(&b, nullptr, count); }
+  ~Barrier() { pthread_barrier_destroy(&b); }
+  void arrive_and_wait() { pthread_barrier_wait(&b); }
+  pthread_barrier_t b;
+};
+
 struct Warp {
-  std::barrier<> arrive{32};
+  Barrier arrive{32};
   alignas(8) unsigned char slot[2][32][8];  // shuffles alternate between the two: see shfl_from
 };
 inline thread_local Warp* this_warp;
 inline thread_local int shuffle_parity;
-inline thread_local std::barrier<>* this_block;
-inline std::barrier<>* this_grid;
+inline thread_local Barrier* this_block;
+inline Barrier* this_grid;
 
 inline void __syncthreads() { this_block->arrive_and_wait(); }
 
@@ -119,7 +126,7 @@ struct Thread {
   unsigned char* smem;
   unsigned block, thread;
   Warp* warp;
-  std::barrier<>* block_barrier;
+  Barrier* block_barrier;
 };
 
 void* thread_main(void* p) {
@@ -145,17 +152,25 @@ void run_grid(const FusedArgs<T>& a, const Plan& plan) {
   gridDim.x = unsigned(grid);
   blockDim.x = kThreads;
   std::vector<std::vector<unsigned char>> smem(grid, std::vector<unsigned char>(plan.lay.total + 16, 0xff));
-  std::barrier<> grid_barrier(grid * kThreads);
+  Barrier grid_barrier(unsigned(grid * kThreads));
   this_grid = &grid_barrier;
-  std::vector<std::unique_ptr<std::barrier<>>> blocks;
+  std::vector<std::unique_ptr<Barrier>> blocks;
   std::vector<std::unique_ptr<Warp>> warps;
   std::vector<Thread> threads(grid * kThreads);
   std::vector<pthread_t> handles(threads.size());
+  // Every thread's stack in one allocation: tens of thousands of separately mapped stacks (and their
+  // guard pages) would approach the kernel's limit on mappings per process (vm.max_map_count).
+#ifdef __SANITIZE_THREAD__
+  constexpr size_t kStack = 1024 * 1024;  // ThreadSanitizer asks for about 900 KB
+#else
+  constexpr size_t kStack = 128 * 1024;
+#endif
+  std::unique_ptr<char[]> stacks(new char[threads.size() * kStack + 4096]);
+  char* stack = stacks.get() + (4096 - reinterpret_cast<uintptr_t>(stacks.get()) % 4096) % 4096;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
   for (int64_t b = 0; b < grid; ++b) {
-    blocks.push_back(std::make_unique<std::barrier<>>(kThreads));
+    blocks.push_back(std::make_unique<Barrier>(kThreads));
     for (int w = 0; w < kThreads / 32; ++w) warps.push_back(std::make_unique<Warp>());
     unsigned char* base = smem[b].data();
     base += (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;  // dynamic shared memory is 16-byte aligned
@@ -165,6 +180,7 @@ void run_grid(const FusedArgs<T>& a, const Plan& plan) {
     }
   }
   for (size_t i = 0; i < threads.size(); ++i) {
+    pthread_attr_setstack(&attr, stack + i * kStack, kStack);
     if (pthread_create(&handles[i], &attr, &thread_main, &threads[i]) != 0) {
       std::fprintf(stderr, "fused_step_emulation: pthread_create failed at thread %zu\n", i);
       std::abort();

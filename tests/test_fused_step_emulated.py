@@ -6,7 +6,8 @@ barriers for __syncthreads, the grid barrier and the warp shuffles, NaN-filled s
 scratch. The emulated op takes the CUDA op's arguments and is checked as test_fused_step_cuda.py
 checks the real one, against the CPU op on the same calls, on small grids (max_blocks plays the SM
 count, smem_limit the shared memory per block) chosen so that every part of the work split runs:
-a split over H and over D_in, several batch rows per block, the hidden gradient staged in chunks.
+a split over H and over D_in, several batch rows per block, the hidden gradient staged in chunks;
+and once the seed net on an H100's grid.
 What the emulation cannot show: the GPU's own floating-point contraction (the host does not fuse
 multiply-adds), timing, and errors of the host code that launches the kernel.
 """
@@ -180,6 +181,15 @@ def test_hidden_gradient_in_chunks_matches_cpu(emulation, optimizer):
     plan = emulated.plan(size, optimizer, torch.float64)
     assert plan is not None and plan[2] < size[0], plan
     check_against_cpu(emulated, size, optimizer, torch.float64, steps=3)
+
+
+def test_seed_net_on_an_h100_grid(emulation):
+    """The seed net (64x1000 -> 100 -> 10, Adam, float32) as an H100 or H200 runs it: the split for
+    132 SMs of 232448 bytes spreads the work over 125 blocks (32,000 threads here); two steps."""
+    emulated = EmulatedOps(emulation, max_blocks=132)
+    pj, pk, nc, smem = emulated.plan(SIZES["seed"], "adam", torch.float32)
+    assert pj * pk >= 100 and nc == 64, (pj, pk, nc, smem)
+    check_against_cpu(emulated, SIZES["seed"], "adam", torch.float32, steps=2)
 
 
 @pytest.mark.parametrize("accumulation_steps", [1, 3])
