@@ -14,7 +14,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.library import opcheck
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 from benchmarks import machine_code  # noqa: E402
 from twolayer_ops import available_backends, linear_relu, relu  # noqa: E402
@@ -278,6 +279,23 @@ def sm90_cases():
         for dtype, precision in PRECISIONS
         for config in tk.kept_configs(kernel, dtype, precision)
     ]
+
+
+@triton.autotune(configs=[triton.Config({"BLOCK": 1024}, num_warps=4)], key=["n"])
+@triton.jit
+def strided_copy_kernel(x_ptr, out_ptr, n, stride, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs * stride, tl.load(x_ptr + offs * stride, mask=offs < n), mask=offs < n)
+
+
+@pytest.mark.skipif("nvidia" not in tk.triton_backends, reason="triton has no NVIDIA compiler here")
+def test_compile_for_specializes_like_the_jit():
+    """A stride of 1 and a length divisible by 16, as a real call passes them, allow 16-byte loads;
+    unknown integers do not. (Without this, the sm_90 checks below would judge code no call runs.)"""
+    config = strided_copy_kernel.configs[0]
+    called = aot.compile_for(strided_copy_kernel, config, torch.float32, ints={"n": 4096, "stride": 1})
+    unknown = aot.compile_for(strided_copy_kernel, config, torch.float32)
+    assert "ld.global.v4" in called.asm["ptx"] and "ld.global.v4" not in unknown.asm["ptx"]
 
 
 @pytest.mark.skipif("nvidia" not in tk.triton_backends, reason="triton has no NVIDIA compiler here")
