@@ -1,7 +1,7 @@
 """The fused CUDA step's kernel code, run on the CPU: CI's check of the CUDA step without a GPU.
 
 csrc/cuda/train_step_kernel.h (the work split and the kernel body of csrc/cuda/train_step.cu) is
-compiled with the host emulation in tests/fused_step_emulation.cpp: one OS thread per CUDA thread,
+compiled with the host emulation in tests/cuda_emulation.cpp: one OS thread per CUDA thread,
 barriers for __syncthreads, the grid barrier and the warp shuffles, NaN-filled shared memory and
 scratch. The emulated op takes the CUDA op's arguments and is checked as test_fused_step_cuda.py
 checks the real one, against the CPU op on the same calls, on small grids (max_blocks plays the SM
@@ -12,10 +12,8 @@ What the emulation cannot show: the GPU's own floating-point contraction (the ho
 multiply-adds), timing, and errors of the host code that launches the kernel.
 """
 import ctypes
-import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,32 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .cases import phases
+from .emulation import compile_emulation
 from .test_fused_step_cuda import N_STATE, SIZES, compare, make_case, run_steps, run_train, to
 
-HERE = Path(__file__).parent
-SOURCE = HERE / "fused_step_emulation.cpp"
-CXX = shutil.which("g++") or shutil.which("c++")
 H100_SHARED_MEMORY = 232448
 OPTIMIZERS = {"sgd": 0, "momentum": 1, "adam": 2}
 LAUNCH_TIMEOUT_S = 120  # a launch never finishes where some threads skip a barrier the others wait at
-
-pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++) for the emulation")
-
-
-def compile_emulation(out, *flags):
-    cmd = [CXX, "-std=c++20", "-O1", "-pthread", *flags, str(SOURCE), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    return done, cmd
-
-
-@pytest.fixture(scope="session")
-def emulation(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emulation") / "fused_step_emulation.so"
-    done, cmd = compile_emulation(out, "-fPIC", "-shared")
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
-    lib = ctypes.CDLL(str(out))
-    lib.emulated_launch.restype = ctypes.c_int
-    return lib
 
 
 class EmulatedOps:
@@ -239,7 +217,7 @@ def test_any_sizes_match_cpu(emulation, n, d_in, h, d_out, optimizer, accumulati
 def test_no_data_race_under_thread_sanitizer(emulation, tmp_path):
     """The launches of the emulation's main() (every optimizer; splits over H, over D_in and rows;
     gh in chunks) under ThreadSanitizer: every shared-memory and scratch access is ordered by a barrier."""
-    program = tmp_path / "fused_step_emulation_tsan"
+    program = tmp_path / "cuda_emulation_tsan"
     done, cmd = compile_emulation(program, "-g", "-fsanitize=thread", "-DEMULATION_MAIN")
     if done.returncode != 0:
         if "tsan" in done.stderr.lower():

@@ -1,7 +1,7 @@
 """Property tests: each kernel backend's forward and backward ops against the float64 reference on
 problems hypothesis draws: sizes from 0 across the kernels' block edges, leading dimensions,
-transposed, strided and broadcast operands, bias or none, and exact zeros, signed zeros, NaN and
-infinities at drawn places. The backward is checked given the kernel's own saved output, its
+transposed, strided, sliced (padded rows) and broadcast operands with NaN in the memory around
+them, bias or none, and exact zeros, signed zeros, NaN and infinities at drawn places. The backward is checked given the kernel's own saved output, its
 contract, so a pre-activation that rounds to the other side of zero cannot fail it falsely.
 
 The examples are the same every run (tests/conftest.py), so that CI is reproducible; for fresh
@@ -59,8 +59,8 @@ def problems(draw, sizes, dtypes):
         k=draw(sizes),
         n=draw(sizes),
         dtype=draw(st.sampled_from(dtypes)),
-        x_layout=draw(st.sampled_from(["contiguous", "transposed", "strided", "broadcast"])),
-        w_layout=draw(st.sampled_from(["contiguous", "transposed", "strided"])),
+        x_layout=draw(st.sampled_from(["contiguous", "transposed", "strided", "sliced", "broadcast"])),
+        w_layout=draw(st.sampled_from(["contiguous", "transposed", "strided", "sliced"])),
         bias=draw(st.sampled_from(["none", "contiguous", "strided"])),
         specials=specials,
         seed=draw(st.integers(0, 2**31 - 1)),
@@ -68,13 +68,19 @@ def problems(draw, sizes, dtypes):
 
 
 def laid_out(values, layout):
-    """A view of a copy of 2-D `values` in `layout` (the values unchanged)."""
+    """A view of a copy of 2-D `values` in `layout` (the values unchanged). The memory between and
+    after the elements holds NaN, so that a kernel reading past an operand's edge puts NaN in its result."""
+    rows, cols = values.shape
     if layout == "transposed":
         return values.t().contiguous().t()
     if layout == "strided":  # every other column of a wider tensor
-        wide = torch.empty(values.shape[0], 2 * values.shape[1], dtype=values.dtype, device=values.device)
+        wide = torch.full((rows, 2 * cols), float("nan"), dtype=values.dtype, device=values.device)
         wide[:, ::2] = values
         return wide[:, ::2]
+    if layout == "sliced":  # the first columns of rows padded to a multiple of 8 (vector loads that end mid-row)
+        wide = torch.full((rows + 1, (cols + 8) // 8 * 8), float("nan"), dtype=values.dtype, device=values.device)
+        wide[:rows, :cols] = values
+        return wide[:rows, :cols]
     return values.clone()
 
 
@@ -114,8 +120,8 @@ def backward_ref(grad_out, out, x, w):
     return (gm @ w.double()).reshape(x.shape), gm.t() @ x2, gm.sum(0)
 
 
-def check(problem, device, backend):
-    ops = BACKENDS[backend]
+def check(problem, device, ops):
+    """ops: a Backend (or anything with its linear_relu and linear_relu_backward)."""
     x, w, b = make(problem, device)
     out = ops.linear_relu(x, w, b)
     ref = linear_relu_ref(*(t.double() if t is not None else None for t in (x, w, b)))
@@ -143,6 +149,6 @@ def test_forward_and_backward_match_reference(device, backend):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(problems(INTERPRETER_SIZES if interpreted else SIZES, dtypes))
     def holds(problem):
-        check(problem, device, backend)
+        check(problem, device, BACKENDS[backend])
 
     holds()

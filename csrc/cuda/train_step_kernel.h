@@ -3,7 +3,7 @@
 // includer declares first in namespace twolayer_ops::fused_cuda: grid_barrier, shfl_down, shfl_xor,
 // add_rn / sub_rn / mul_rn / div_rn / sqrt_rn, Quad and load4, with threadIdx, blockIdx, gridDim,
 // __syncthreads and the __host__ / __device__ / __forceinline__ qualifiers. train_step.cu gives
-// the CUDA ones; tests/fused_step_emulation.cpp gives host threads and barriers, so that CI runs
+// the CUDA ones; tests/cuda_emulation.cpp gives host threads and barriers, so that CI runs
 // this very code on a CPU against the CPU step (tests/test_fused_step_emulated.py).
 #pragma once
 

@@ -1,13 +1,18 @@
-// The fused CUDA step's portable core (csrc/cuda/train_step_kernel.h) run on a CPU: one OS thread per
-// CUDA thread, pthread barriers for __syncthreads, the grid barrier and the warp shuffles. Shared memory
-// and the global scratch start as NaN, so a read of anything not written first shows in the results.
-// tests/test_fused_step_emulated.py builds it as a shared library (emulated_launch, through ctypes)
-// and, with -DEMULATION_MAIN -fsanitize=thread, as a program that runs launches under ThreadSanitizer.
+// CUDA kernels' portable cores run on a CPU: one OS thread per CUDA thread, pthread barriers for
+// __syncthreads, the grid barrier and the warp shuffles.
+//   emulated_launch: the fused training step (csrc/cuda/train_step_kernel.h), all blocks at once, as
+//     its cooperative launch runs them; shared memory and the global scratch start as NaN, so a read
+//     of anything not written first shows in the results.
+//   emulated_gemm: the SIMT GEMM of the native backend (csrc/cuda/linear_relu_gemm.h: forward, dX,
+//     dW + db), one block after another (its blocks never wait for each other).
+// tests/conftest.py builds it as a shared library for the tests (through ctypes) and, with
+// -DEMULATION_MAIN -fsanitize=thread, as a program that runs fused-step launches under ThreadSanitizer.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -16,6 +21,15 @@
 #define __host__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static  // shared by every thread; blocks that use it run one at a time
+#define __align__(n) __attribute__((aligned(n)))
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
 
 struct Dim3 {
   unsigned x = 0, y = 1, z = 1;
@@ -105,7 +119,7 @@ struct Quad {
 template <typename T>
 Quad<T> load4(const T* p) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {  // a vector load on the GPU: it must be aligned
-    std::fprintf(stderr, "fused_step_emulation: misaligned load4 at %p\n", static_cast<const void*>(p));
+    std::fprintf(stderr, "cuda_emulation: misaligned load4 at %p\n", static_cast<const void*>(p));
     std::abort();
   }
   return {{p[0], p[1], p[2], p[3]}};
@@ -116,14 +130,21 @@ Quad<T> load4(const T* p) {
 
 #include "../csrc/cuda/train_step_kernel.h"
 
+namespace twolayer_ops {
+namespace cuda_gemm {
+using std::fma;  // the float overload, as CUDA's fma(float, float, float)
+}  // namespace cuda_gemm
+}  // namespace twolayer_ops
+
+#include "../csrc/cuda/linear_relu_gemm.h"
+
+using namespace twolayer_ops;
 using namespace twolayer_ops::fused_cuda;
 
 namespace {
 
 struct Thread {
-  void (*body)(const void* args, unsigned char* smem);
-  const void* args;
-  unsigned char* smem;
+  const std::function<void()>* body;
   unsigned block, thread;
   Warp* warp;
   Barrier* block_barrier;
@@ -136,27 +157,20 @@ void* thread_main(void* p) {
   this_warp = t->warp;
   shuffle_parity = 0;
   this_block = t->block_barrier;
-  t->body(t->args, t->smem);
+  (*t->body)();
   return nullptr;
 }
 
-template <typename T, int OPT>
-void block_body(const void* args, unsigned char* smem) {
-  fused_block<T, OPT>(*static_cast<const FusedArgs<T>*>(args), smem);
-}
-
-// Runs fused_block on grid x kThreads threads, as cudaLaunchCooperativeKernel would.
-template <typename T, int OPT>
-void run_grid(const FusedArgs<T>& a, const Plan& plan) {
-  const int64_t grid = plan.grid();
-  gridDim.x = unsigned(grid);
-  blockDim.x = kThreads;
-  std::vector<std::vector<unsigned char>> smem(grid, std::vector<unsigned char>(plan.lay.total + 16, 0xff));
-  Barrier grid_barrier(unsigned(grid * kThreads));
-  this_grid = &grid_barrier;
-  std::vector<std::unique_ptr<Barrier>> blocks;
+// Runs body() on threads_per_block threads for each block in [b0, b1), all at once; grid_barrier()
+// waits for all of them. gridDim is the caller's to set.
+void run_blocks(int64_t b0, int64_t b1, int threads_per_block, const std::function<void()>& body) {
+  const int64_t blocks = b1 - b0;
+  blockDim.x = unsigned(threads_per_block);
+  Barrier grid(unsigned(blocks * threads_per_block));
+  this_grid = &grid;
+  std::vector<std::unique_ptr<Barrier>> block_barriers;
   std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<Thread> threads(grid * kThreads);
+  std::vector<Thread> threads(blocks * threads_per_block);
   std::vector<pthread_t> handles(threads.size());
   // Every thread's stack in one allocation: tens of thousands of separately mapped stacks (and their
   // guard pages) would approach the kernel's limit on mappings per process (vm.max_map_count).
@@ -167,27 +181,39 @@ void run_grid(const FusedArgs<T>& a, const Plan& plan) {
 #endif
   std::unique_ptr<char[]> stacks(new char[threads.size() * kStack + 4096]);
   char* stack = stacks.get() + (4096 - reinterpret_cast<uintptr_t>(stacks.get()) % 4096) % 4096;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  for (int64_t b = 0; b < grid; ++b) {
-    blocks.push_back(std::make_unique<Barrier>(kThreads));
-    for (int w = 0; w < kThreads / 32; ++w) warps.push_back(std::make_unique<Warp>());
-    unsigned char* base = smem[b].data();
-    base += (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;  // dynamic shared memory is 16-byte aligned
-    for (int t = 0; t < kThreads; ++t) {
-      threads[b * kThreads + t] = {&block_body<T, OPT>, &a, base, unsigned(b), unsigned(t),
-                                   warps[b * (kThreads / 32) + t / 32].get(), blocks[b].get()};
+  const int warps_per_block = (threads_per_block + 31) / 32;
+  for (int64_t b = 0; b < blocks; ++b) {
+    block_barriers.push_back(std::make_unique<Barrier>(unsigned(threads_per_block)));
+    for (int w = 0; w < warps_per_block; ++w) warps.push_back(std::make_unique<Warp>());
+    for (int t = 0; t < threads_per_block; ++t) {
+      threads[b * threads_per_block + t] = {&body, unsigned(b0 + b), unsigned(t),
+                                            warps[b * warps_per_block + t / 32].get(), block_barriers[b].get()};
     }
   }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
   for (size_t i = 0; i < threads.size(); ++i) {
     pthread_attr_setstack(&attr, stack + i * kStack, kStack);
     if (pthread_create(&handles[i], &attr, &thread_main, &threads[i]) != 0) {
-      std::fprintf(stderr, "fused_step_emulation: pthread_create failed at thread %zu\n", i);
+      std::fprintf(stderr, "cuda_emulation: pthread_create failed at thread %zu\n", i);
       std::abort();
     }
   }
   for (pthread_t h : handles) pthread_join(h, nullptr);
   pthread_attr_destroy(&attr);
+}
+
+// The fused step's cooperative launch: every block at once, each with its dynamic shared memory.
+template <typename T, int OPT>
+void run_grid(const FusedArgs<T>& a, const Plan& plan) {
+  const int64_t grid = plan.grid();
+  gridDim.x = unsigned(grid);
+  std::vector<std::vector<unsigned char>> smem(grid, std::vector<unsigned char>(plan.lay.total + 16, 0xff));
+  std::vector<unsigned char*> base(grid);
+  for (int64_t b = 0; b < grid; ++b) {
+    base[b] = smem[b].data() + (16 - reinterpret_cast<uintptr_t>(smem[b].data()) % 16) % 16;  // 16-byte aligned
+  }
+  run_blocks(0, grid, kThreads, [&] { fused_block<T, OPT>(a, base[blockIdx.x]); });
 }
 
 template <typename T, int OPT>
@@ -259,6 +285,45 @@ extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t
   if (opt == kMomentum) EMULATED_LAUNCH(double, kMomentum);
   EMULATED_LAUNCH(double, kAdam);
 #undef EMULATED_LAUNCH
+}
+
+namespace {
+
+template <typename T, int MODE>
+int64_t gemm(const cuda_gemm::GemmArgs& g, int64_t max_blocks) {
+  using P = typename cuda_gemm::PolicyFor<T>::type;
+  const int64_t tiles = cuda_gemm::gemm_tiles<T>(g);
+  if (tiles <= 0) return 0;
+  const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
+  gridDim.x = unsigned(grid);
+  for (int64_t b = 0; b < grid; ++b) run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g); });
+  return grid;
+}
+
+template <typename T>
+int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b, const void* bias, int64_t bias_s,
+                  void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks) {
+  using namespace cuda_gemm;
+  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks);
+  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks);
+  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks);
+}
+
+}  // namespace
+
+// One product of the native CUDA backend, as linear_relu.cu launches it, on host arrays given by
+// pointer and element strides (x (M, K), w (N, K), g and o (M, N)). es: 4 or 8 (the SIMT types).
+//   mode 0: c (M, N) = relu(a=x @ b=w^T + bias)              (bias may be null)
+//   mode 1: c (M, K) = mask(a=g, o) @ b=w                    (dX)
+//   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
+// At most max_blocks blocks (each then walks several output tiles). Returns the blocks run.
+extern "C" int64_t emulated_gemm(int es, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
+                                 int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
+                                 int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
+                                 int64_t max_blocks) {
+  const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
+  if (es == 4) return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+  return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
 }
 
 #ifdef EMULATION_MAIN

@@ -1,0 +1,132 @@
+"""The native backend's CUDA GEMM kernels (float32, float64: the SIMT path), run on the CPU.
+
+csrc/cuda/linear_relu_gemm.h holds the portable core of csrc/cuda/linear_relu.cu: the operands,
+the tile loader (16-byte vector loads where a tile row is contiguous and aligned, scalar ones
+otherwise, the ReLU mask applied as G loads), the SIMT policy, the kernel body and the setup of the
+three products' operands from pointers and strides. tests/cuda_emulation.cpp runs that code with
+one OS thread per CUDA thread; EmulatedNative below does what linear_relu.cu's host functions do
+around it. The property test of every backend (tests/test_properties.py: sizes across the tile
+edges, transposed, strided and broadcast operands, specials) then checks it against float64.
+Not covered here: the float16 / bfloat16 WMMA policy and the Hopper path (they need the GPU's
+tensor cores), and launch errors.
+"""
+import ctypes
+import math
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .cases import phases
+from .test_properties import check, problems
+
+LAUNCH_TIMEOUT_S = 120
+SIZES = st.one_of(st.integers(0, 20), st.integers(21, 70), st.integers(71, 200))
+
+
+def as_matrix(t):
+    """linear_relu.h's as_matrix: 2-D as it is, else (rows, last dim) with the rows counted."""
+    return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+class EmulatedNative:
+    """linear_relu and linear_relu_backward as linear_relu.cu runs them (linear_relu_cuda,
+    linear_relu_backward_cuda, without the Hopper path), on CPU tensors. max_blocks caps the grid so
+    that each block walks several output tiles; None launches one block per tile, as the GPU does."""
+
+    def __init__(self, lib, max_blocks=None):
+        self.lib, self.max_blocks = lib, max_blocks
+        self.blocks = []  # blocks of every launch
+
+    def linear_relu(self, x, weight, bias):
+        x2 = as_matrix(x)
+        (m, k), n = x2.shape, weight.shape[0]
+        out = x.new_empty((m, n))
+        if m and n:  # K == 0 runs the epilogue alone
+            self._gemm(0, x2, None, weight, bias, out, None, m, k, n)
+        return out.view(*x.shape[:-1], n)
+
+    def linear_relu_backward(self, grad_out, out, x, weight, output_mask):
+        x2 = as_matrix(x)
+        (m, k), n = x2.shape, weight.shape[0]
+        g, o = as_matrix(grad_out), as_matrix(out)
+        run_dx = output_mask[0] and m > 0 and n > 0 and k > 0
+        run_dw = output_mask[1] and m > 0 and n > 0 and k > 0
+        run_db = output_mask[2] and m > 0 and n > 0
+
+        def result(wanted, run, shape):
+            return x.new_empty(0) if not wanted else x.new_empty(shape) if run else x.new_zeros(shape)
+
+        dx, dw, db = result(output_mask[0], run_dx, (m, k)), result(output_mask[1], run_dw, (n, k)), \
+            result(output_mask[2], run_db, (n,))
+        if run_dx:
+            self._gemm(1, g, o, weight, None, dx, None, m, k, n)
+        if run_dw or run_db:
+            self._gemm(2, g, o, x2, None, dw if run_dw else None, db if run_db else None, m, k, n)
+        return dx.view(x.shape) if output_mask[0] else dx, dw, db
+
+    def _gemm(self, mode, a, o, b, bias, c, db, m, k, n):
+        def mat(t):
+            return (ctypes.c_void_p(t.data_ptr()), ctypes.c_int64(t.stride(0)), ctypes.c_int64(t.stride(1))) \
+                if t is not None else (ctypes.c_void_p(0), ctypes.c_int64(0), ctypes.c_int64(0))
+
+        def ptr(t):
+            return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+        cap = self.max_blocks or 2**62
+        args = (ctypes.c_int(a.element_size()), ctypes.c_int(mode), *mat(a), *mat(o), *mat(b), ptr(bias),
+                ctypes.c_int64(bias.stride(0) if bias is not None else 0), ptr(c), ptr(db),
+                ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(cap))
+        result = []
+        worker = threading.Thread(target=lambda: result.append(self.lib.emulated_gemm(*args)), daemon=True)
+        worker.start()
+        worker.join(LAUNCH_TIMEOUT_S)
+        if worker.is_alive():
+            pytest.fail(f"the emulated GEMM did not finish in {LAUNCH_TIMEOUT_S} s")
+        self.blocks.append(result[0])
+
+
+@settings(max_examples=120, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problem=problems(SIZES, [torch.float32, torch.float64]), few_blocks=st.booleans())
+def test_forward_and_backward_match_reference(emulation, problem, few_blocks):
+    """The property test of every backend, on the emulated CUDA kernels; half the examples on at most
+    2 blocks, so that each block walks several output tiles."""
+    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tile_edges_and_vector_loads(emulation, dtype):
+    """Sizes one below, at and one above the tiles (128x128x8 float32, 64x64x8 float64), contiguous
+    (16-byte vector loads) and at an odd storage offset (scalar loads), every gradient."""
+    tile = 128 if dtype == torch.float32 else 64
+    emulated = EmulatedNative(emulation)
+    for m, k, n in [(tile - 1, 9, tile + 1), (tile, 8, tile), (tile + 1, 7, 2 * tile - 1)]:
+        g = torch.Generator().manual_seed(m + k + n)
+        for offset in (0, 1):
+            base = torch.randn(m * k + offset, generator=g, dtype=torch.float64)
+            x = base[offset:].view(m, k).to(dtype)
+            w, b = torch.randn(n, k, generator=g, dtype=dtype), torch.randn(n, generator=g, dtype=dtype)
+            out = emulated.linear_relu(x, w, b)
+            ref = torch.relu(x.double() @ w.double().t() + b.double())
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5)
+            go = torch.randn(m, n, generator=g, dtype=dtype)
+            gm = torch.where(out.double() <= 0, 0.0, go.double())
+            dx, dw, db = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
+            for got, want in ((dx, gm @ w.double()), (dw, gm.t() @ x.double()), (db, gm.sum(0))):
+                torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                           atol=1e-4 if dtype == torch.float32 else 1e-12)
+    assert emulated.blocks and max(emulated.blocks) == math.ceil((tile + 1) / tile) * math.ceil((2 * tile - 1) / tile)
+
+
+def test_db_only_pass_and_unrequested_gradients(emulation):
+    """db without dW runs the dW kernel with no output (row sums only); gradients not asked for are empty."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(70, 30, generator=g, dtype=torch.float64), torch.randn(20, 30, generator=g, dtype=torch.float64)
+    emulated = EmulatedNative(emulation)
+    out = emulated.linear_relu(x, w, None)
+    go = torch.randn(70, 20, generator=g, dtype=torch.float64)
+    dx, dw, db = emulated.linear_relu_backward(go, out, x, w, [False, False, True])
+    assert dx.numel() == 0 and dw.numel() == 0
+    torch.testing.assert_close(db, torch.where(out <= 0, 0.0, go).sum(0), rtol=1e-12, atol=1e-12)
