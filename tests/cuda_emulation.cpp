@@ -3,8 +3,8 @@
 //   emulated_launch: the fused training step (csrc/cuda/train_step_kernel.h), all blocks at once, as
 //     its cooperative launch runs them; shared memory and the global scratch start as NaN, so a read
 //     of anything not written first shows in the results.
-//   emulated_gemm: the SIMT GEMM of the native backend (csrc/cuda/linear_relu_gemm.h: forward, dX,
-//     dW + db), one block after another (its blocks never wait for each other).
+//   emulated_gemm: the GEMM of the native backend (csrc/cuda/linear_relu_gemm.h: forward, dX, dW + db;
+//     SIMT and WMMA), one block after another (its blocks never wait for each other).
 // tests/conftest.py builds it as a shared library for the tests (through ctypes) and, with
 // -DEMULATION_MAIN -fsanitize=thread, as a program that runs fused-step launches under ThreadSanitizer.
 #include <cmath>
@@ -29,6 +29,9 @@ struct alignas(16) float4 {
 };
 struct alignas(16) double2 {
   double x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 
 struct Dim3 {
@@ -55,6 +58,88 @@ inline thread_local Barrier* this_block;
 inline Barrier* this_grid;
 
 inline void __syncthreads() { this_block->arrive_and_wait(); }
+inline void __syncwarp() { this_warp->arrive.arrive_and_wait(); }
+
+// The 16-bit element types, as bits, with IEEE round-to-nearest-even conversions.
+struct Half16 {
+  uint16_t bits;
+};
+struct BFloat16Bits {
+  uint16_t bits;
+};
+inline float to_float(Half16 h) {
+  _Float16 f;
+  std::memcpy(&f, &h.bits, 2);
+  return float(f);
+}
+inline uint16_t half_bits(float a) {
+  const _Float16 f = static_cast<_Float16>(a);
+  uint16_t b;
+  std::memcpy(&b, &f, 2);
+  return b;
+}
+inline float to_float(BFloat16Bits h) {
+  const uint32_t u = uint32_t(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t bfloat16_bits(float a) {
+  uint32_t u;
+  std::memcpy(&u, &a, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// WMMA 16x16x16 with float accumulators, as the kernel uses it. Operand fragments hold the whole tile
+// in every lane; an accumulator fragment holds its lane's 8 of the 256 elements (row lane / 2,
+// columns (lane % 2) * 8 + 0..7), spread over the warp as the hardware does (in its own order).
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16);
+  float x[256];  // matrix_a, matrix_b: the whole tile, row-major
+};
+template <>
+struct fragment<accumulator, 16, 16, 16, float, void> {
+  float x[8];
+};
+using acc_fragment = fragment<accumulator, 16, 16, 16, float, void>;
+
+inline int acc_row() { return int(threadIdx.x % 32) / 2; }
+inline int acc_col() { return (int(threadIdx.x % 32) % 2) * 8; }
+
+inline void fill_fragment(acc_fragment& f, float v) {
+  for (float& e : f.x) e = v;
+}
+template <class Use, class T, class L>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = to_float(p[r * ldm + c]);
+}
+template <class T, class L>
+void mma_sync(acc_fragment& d, const fragment<matrix_a, 16, 16, 16, T, L>& a, const fragment<matrix_b, 16, 16, 16, T, L>& b,
+              const acc_fragment& c) {
+  acc_fragment out;
+  for (int j = 0; j < 8; ++j) {
+    float s = c.x[j];
+    for (int k = 0; k < 16; ++k) s += a.x[acc_row() * 16 + k] * b.x[k * 16 + acc_col() + j];
+    out.x[j] = s;
+  }
+  d = out;
+}
+inline void store_matrix_sync(float* p, const acc_fragment& f, unsigned ldm, layout_t) {
+  for (int j = 0; j < 8; ++j) p[acc_row() * ldm + acc_col() + j] = f.x[j];
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 namespace twolayer_ops {
 namespace fused_cuda {
@@ -137,6 +222,42 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 }  // namespace twolayer_ops
 
 #include "../csrc/cuda/linear_relu_gemm.h"
+
+// The 16-bit element types (linear_relu.cu has CUDA's): tags, stored as raw bits, WMMA policy.
+struct HalfTag {};
+struct BFloat16Tag {};
+namespace twolayer_ops {
+namespace cuda_gemm {
+template <>
+struct Elem<HalfTag> {
+  using raw = unsigned short;
+  using vec = uint4;
+  using acc = float;
+  using wt = Half16;
+  static constexpr int VEC = 8;
+  static acc tof(raw r) { return to_float(Half16{r}); }
+  static raw fromf(acc a) { return half_bits(a); }
+};
+template <>
+struct Elem<BFloat16Tag> {
+  using raw = unsigned short;
+  using vec = uint4;
+  using acc = float;
+  using wt = BFloat16Bits;
+  static constexpr int VEC = 8;
+  static acc tof(raw r) { return to_float(BFloat16Bits{r}); }
+  static raw fromf(acc a) { return bfloat16_bits(a); }
+};
+template <>
+struct PolicyFor<HalfTag> {
+  using type = WmmaPolicy<HalfTag>;
+};
+template <>
+struct PolicyFor<BFloat16Tag> {
+  using type = WmmaPolicy<BFloat16Tag>;
+};
+}  // namespace cuda_gemm
+}  // namespace twolayer_ops
 
 using namespace twolayer_ops;
 using namespace twolayer_ops::fused_cuda;
@@ -312,18 +433,27 @@ int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b
 }  // namespace
 
 // One product of the native CUDA backend, as linear_relu.cu launches it, on host arrays given by
-// pointer and element strides (x (M, K), w (N, K), g and o (M, N)). es: 4 or 8 (the SIMT types).
+// pointer and element strides (x (M, K), w (N, K), g and o (M, N)). dtype: 0 float32, 1 float64
+// (the SIMT policy), 2 float16, 3 bfloat16 (WMMA).
 //   mode 0: c (M, N) = relu(a=x @ b=w^T + bias)              (bias may be null)
 //   mode 1: c (M, K) = mask(a=g, o) @ b=w                    (dX)
 //   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
 // At most max_blocks blocks (each then walks several output tiles). Returns the blocks run.
-extern "C" int64_t emulated_gemm(int es, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
+extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
                                  int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
                                  int64_t max_blocks) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
-  if (es == 4) return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
-  return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+  switch (dtype) {
+    case 0:
+      return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+    case 1:
+      return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+    case 2:
+      return gemm_mode<HalfTag>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+    default:
+      return gemm_mode<BFloat16Tag>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+  }
 }
 
 #ifdef EMULATION_MAIN

@@ -1,14 +1,14 @@
-"""The native backend's CUDA GEMM kernels (float32, float64: the SIMT path), run on the CPU.
+"""The native backend's CUDA GEMM kernels, run on the CPU.
 
 csrc/cuda/linear_relu_gemm.h holds the portable core of csrc/cuda/linear_relu.cu: the operands,
 the tile loader (16-byte vector loads where a tile row is contiguous and aligned, scalar ones
-otherwise, the ReLU mask applied as G loads), the SIMT policy, the kernel body and the setup of the
-three products' operands from pointers and strides. tests/cuda_emulation.cpp runs that code with
-one OS thread per CUDA thread; EmulatedNative below does what linear_relu.cu's host functions do
+otherwise, the ReLU mask applied as G loads), the SIMT (float32, float64) and WMMA (float16,
+bfloat16) policies, the kernel body and the setup of the three products' operands from pointers and
+strides. tests/cuda_emulation.cpp runs that code with one OS thread per CUDA thread and a WMMA of its
+own (float products, float sums); EmulatedNative below does what linear_relu.cu's host functions do
 around it. The property test of every backend (tests/test_properties.py: sizes across the tile
-edges, transposed, strided and broadcast operands, specials) then checks it against float64.
-Not covered here: the float16 / bfloat16 WMMA policy and the Hopper path (they need the GPU's
-tensor cores), and launch errors.
+edges, transposed, strided, sliced and broadcast operands, specials) then checks it against float64.
+Not covered here: the tensor cores' own arithmetic, the Hopper path, and launch errors.
 """
 import ctypes
 import math
@@ -20,9 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .cases import phases
+from .reference import assert_close_to_ref, linear_relu_ref
 from .test_properties import check, problems
 
 LAUNCH_TIMEOUT_S = 120
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}  # emulated_gemm's
 SIZES = st.one_of(st.integers(0, 20), st.integers(21, 70), st.integers(71, 200))
 
 
@@ -76,7 +78,7 @@ class EmulatedNative:
             return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
         cap = self.max_blocks or 2**62
-        args = (ctypes.c_int(a.element_size()), ctypes.c_int(mode), *mat(a), *mat(o), *mat(b), ptr(bias),
+        args = (ctypes.c_int(DTYPE_CODES[a.dtype]), ctypes.c_int(mode), *mat(a), *mat(o), *mat(b), ptr(bias),
                 ctypes.c_int64(bias.stride(0) if bias is not None else 0), ptr(c), ptr(db),
                 ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(cap))
         result = []
@@ -88,36 +90,37 @@ class EmulatedNative:
         self.blocks.append(result[0])
 
 
-@settings(max_examples=120, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(problem=problems(SIZES, [torch.float32, torch.float64]), few_blocks=st.booleans())
+@settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans())
 def test_forward_and_backward_match_reference(emulation, problem, few_blocks):
-    """The property test of every backend, on the emulated CUDA kernels; half the examples on at most
-    2 blocks, so that each block walks several output tiles."""
+    """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
+    WMMA for float16 and bfloat16); half the examples on at most 2 blocks, so that each block walks
+    several output tiles."""
     check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
 def test_tile_edges_and_vector_loads(emulation, dtype):
-    """Sizes one below, at and one above the tiles (128x128x8 float32, 64x64x8 float64), contiguous
-    (16-byte vector loads) and at an odd storage offset (scalar loads), every gradient."""
-    tile = 128 if dtype == torch.float32 else 64
+    """Sizes one below, at and one above the tiles (128x128 for float32 and the 16-bit types, 64x64
+    for float64), contiguous (16-byte vector loads) and at an odd storage offset (scalar loads),
+    every gradient."""
+    tile = 64 if dtype == torch.float64 else 128
     emulated = EmulatedNative(emulation)
-    for m, k, n in [(tile - 1, 9, tile + 1), (tile, 8, tile), (tile + 1, 7, 2 * tile - 1)]:
+    for m, k, n in [(tile - 1, 9, tile + 1), (tile, 32, tile), (tile + 1, 33, 2 * tile - 1)]:
         g = torch.Generator().manual_seed(m + k + n)
         for offset in (0, 1):
-            base = torch.randn(m * k + offset, generator=g, dtype=torch.float64)
-            x = base[offset:].view(m, k).to(dtype)
-            w, b = torch.randn(n, k, generator=g, dtype=dtype), torch.randn(n, generator=g, dtype=dtype)
+            x = torch.randn(m * k + offset, generator=g, dtype=torch.float64).to(dtype)[offset:].view(m, k)
+            w = torch.randn(n, k, generator=g, dtype=torch.float64).to(dtype)
+            b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
             out = emulated.linear_relu(x, w, b)
-            ref = torch.relu(x.double() @ w.double().t() + b.double())
-            torch.testing.assert_close(out.double(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5)
-            go = torch.randn(m, n, generator=g, dtype=dtype)
+            ref = linear_relu_ref(x.double(), w.double(), b.double())
+            assert_close_to_ref(out, ref.to(dtype), dtype, f"out {m}x{k}x{n} offset {offset}")
+            go = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype)
             gm = torch.where(out.double() <= 0, 0.0, go.double())
-            dx, dw, db = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
-            for got, want in ((dx, gm @ w.double()), (dw, gm.t() @ x.double()), (db, gm.sum(0))):
-                torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12,
-                                           atol=1e-4 if dtype == torch.float32 else 1e-12)
-    assert emulated.blocks and max(emulated.blocks) == math.ceil((tile + 1) / tile) * math.ceil((2 * tile - 1) / tile)
+            grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
+            for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
+                assert_close_to_ref(got, want.to(dtype), dtype, f"{name} {m}x{k}x{n} offset {offset}")
+    assert max(emulated.blocks) == math.ceil((tile + 1) / tile) * math.ceil((2 * tile - 1) / tile)
 
 
 def test_db_only_pass_and_unrequested_gradients(emulation):

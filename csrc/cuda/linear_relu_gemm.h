@@ -1,14 +1,16 @@
 // The portable core of the CUDA GEMM kernels in linear_relu.cu: the operands, the tile loader, the
-// SIMT policy (float32, float64), the kernel body (gemm_body) and the host's setup of the three
-// products' operands (forward_args, grad_x_args, grad_w_args). Plain C++ over what the includer
-// declares first: __device__ / __host__ / __forceinline__ / __shared__ / __align__, threadIdx,
-// blockIdx, gridDim, __syncthreads, float4, double2 and fma. linear_relu.cu gives CUDA's and adds the
-// WMMA policy for float16 / bfloat16 (Elem and PolicyFor specializations); tests/cuda_emulation.cpp
-// gives host threads, so that CI runs this code on a CPU (tests/test_gemm_emulated.py).
+// SIMT policy (float32, float64), the WMMA policy (float16, bfloat16), the kernel body (gemm_body)
+// and the host's setup of the three products' operands (forward_args, grad_x_args, grad_w_args).
+// Plain C++ over what the includer declares first: __device__ / __host__ / __forceinline__ /
+// __shared__ / __align__, threadIdx, blockIdx, gridDim, __syncthreads, __syncwarp, float4, double2,
+// uint4, fma and nvcuda::wmma's fragments. linear_relu.cu gives CUDA's and the 16-bit element types
+// (Elem and PolicyFor specializations); tests/cuda_emulation.cpp gives host threads and a WMMA of its
+// own, so that CI runs this code on a CPU (tests/test_gemm_emulated.py).
 #pragma once
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 namespace twolayer_ops {
 namespace cuda_gemm {
@@ -237,7 +239,109 @@ struct SimtPolicy {
   }
 };
 
-// The policy of each element type: SIMT here, WMMA (linear_relu.cu) for float16 and bfloat16.
+// ---------------------------------------------------------------------------------------------
+// WMMA policy (float16, bfloat16). 128x128x32 block tiles, 8 warps as 2 (m) x 4 (n), each warp a
+// 64x32 tile of 4x2 16x16 float accumulator fragments. Shared tiles As[m][k] (ld 40) and Bs[k][n]
+// (ld 136), both row-major fragments, double-buffered (37 KB). The epilogue stages each fragment
+// through a per-warp 16x16 float buffer (reusing the tile memory), then each lane applies
+// bias/ReLU/cast to 8 consecutive columns and writes them as one 16-byte vector when it can.
+
+template <typename T>
+struct WmmaPolicy {
+  using E = Elem<T>;
+  using raw = typename E::raw;
+  using wt = typename E::wt;
+  using acc_t = typename E::acc;
+  static constexpr int NT = 256, BM = 128, BN = 128, BK = 32;
+  static constexpr int WM = 64, WN = 32, FM = WM / 16, FN = WN / 16;
+  static constexpr int LDA = BK + 8, LDB = BN + 8;
+  static constexpr int A_SMC = 1, B_SMC = 1;
+  static constexpr int A_STAGE = BM * LDA, B_STAGE = BK * LDB;
+  static constexpr int TILE_BYTES = 2 * (A_STAGE + B_STAGE) * int(sizeof(raw));
+  static constexpr int STAGE_BYTES = (NT / 32) * 16 * 16 * int(sizeof(float));
+  static constexpr int SMEM = TILE_BYTES > STAGE_BYTES ? TILE_BYTES : STAGE_BYTES;
+  static_assert((BM / WM) * (BN / WN) * 32 == NT, "warp layout");
+  struct Acc {
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> f[FM][FN];
+  };
+
+  __device__ __forceinline__ static void zero(Acc& a) {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(a.f[i][j], 0.0f);
+  }
+
+  __device__ __forceinline__ static void mma(Acc& a, const raw* As, const raw* Bs, int tid) {
+    using namespace nvcuda;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    if constexpr (std::is_same_v<wt, __nv_bfloat16>) {
+      __trap();  // bfloat16 WMMA fragments need sm_80+
+    } else
+#endif
+    {
+      const int warp = tid / 32, wm = warp / (BN / WN), wn = warp % (BN / WN);
+      const wt* A = reinterpret_cast<const wt*>(As) + wm * WM * LDA;
+      const wt* B = reinterpret_cast<const wt*>(Bs) + wn * WN;
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, wt, wmma::row_major> bf[FN];
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(bf[j], B + kk * LDB + j * 16, LDB);
+#pragma unroll
+        for (int i = 0; i < FM; ++i) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, wt, wmma::row_major> af;
+          wmma::load_matrix_sync(af, A + i * 16 * LDA + kk, LDA);
+#pragma unroll
+          for (int j = 0; j < FN; ++j) wmma::mma_sync(a.f[i][j], af, bf[j], a.f[i][j]);
+        }
+      }
+    }
+  }
+
+  __device__ __forceinline__ static acc_t a_at(const raw* As, int m, int k) { return E::tof(As[m * LDA + k]); }
+
+  template <int MODE>
+  __device__ __forceinline__ static void epilogue(Acc& a, unsigned char* smem, const GemmArgs& g, int64_t m0,
+                                                  int64_t n0, int tid) {
+    using namespace nvcuda;
+    const int warp = tid / 32, lane = tid % 32, wm = warp / (BN / WN), wn = warp % (BN / WN);
+    float* stage = reinterpret_cast<float*>(smem) + warp * 256;
+    const int r = lane / 2, c0 = (lane % 2) * 8;
+    raw* C = static_cast<raw*>(g.c);
+    union {
+      uint4 v;
+      raw r[8];
+    } o;
+#pragma unroll
+    for (int i = 0; i < FM; ++i) {
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        wmma::store_matrix_sync(stage, a.f[i][j], 16, wmma::mem_row_major);
+        __syncwarp();
+        const int64_t m = m0 + wm * WM + i * 16 + r, n = n0 + wn * WN + j * 16 + c0;
+        if (m < g.M) {
+#pragma unroll
+          for (int v = 0; v < 8; ++v) {
+            const int64_t nv = n + v < g.N ? n + v : g.N - 1;  // columns past N are computed, not stored
+            o.r[v] = E::fromf(epilogue_value<E, MODE>(stage[r * 16 + c0 + v], g, nv));
+          }
+          if (g.c_vec && n + 8 <= g.N) {
+            *reinterpret_cast<uint4*>(C + m * g.N + n) = o.v;
+          } else {
+#pragma unroll
+            for (int v = 0; v < 8; ++v)
+              if (n + v < g.N) C[m * g.N + n + v] = o.r[v];
+          }
+        }
+        __syncwarp();
+      }
+    }
+  }
+};
+
+// The policy of each element type: SIMT for float and double here; linear_relu.cu picks WMMA for
+// float16 and bfloat16.
 template <typename T>
 struct PolicyFor;
 template <>
