@@ -72,7 +72,7 @@ inline float to_float(Half16 h) {
   std::memcpy(&f, &h.bits, 2);
   return float(f);
 }
-inline uint16_t half_bits(float a) {
+inline uint16_t to_bits(float a, Half16) {
   const _Float16 f = static_cast<_Float16>(a);
   uint16_t b;
   std::memcpy(&b, &f, 2);
@@ -84,7 +84,7 @@ inline float to_float(BFloat16Bits h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-inline uint16_t bfloat16_bits(float a) {
+inline uint16_t to_bits(float a, BFloat16Bits) {
   uint32_t u;
   std::memcpy(&u, &a, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
@@ -223,38 +223,30 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 
 #include "../csrc/cuda/linear_relu_gemm.h"
 
-// The 16-bit element types (linear_relu.cu has CUDA's): tags, stored as raw bits, WMMA policy.
-struct HalfTag {};
-struct BFloat16Tag {};
+// The 16-bit element types (linear_relu.cu has CUDA's): raw bits, computed in float, WMMA policy.
 namespace twolayer_ops {
 namespace cuda_gemm {
-template <>
-struct Elem<HalfTag> {
+template <typename Bits>
+struct Elem16 {
   using raw = unsigned short;
   using vec = uint4;
   using acc = float;
-  using wt = Half16;
+  using wt = Bits;
   static constexpr int VEC = 8;
-  static acc tof(raw r) { return to_float(Half16{r}); }
-  static raw fromf(acc a) { return half_bits(a); }
+  static acc tof(raw r) { return to_float(Bits{r}); }
+  static raw fromf(acc a) { return to_bits(a, Bits{}); }
 };
 template <>
-struct Elem<BFloat16Tag> {
-  using raw = unsigned short;
-  using vec = uint4;
-  using acc = float;
-  using wt = BFloat16Bits;
-  static constexpr int VEC = 8;
-  static acc tof(raw r) { return to_float(BFloat16Bits{r}); }
-  static raw fromf(acc a) { return bfloat16_bits(a); }
+struct Elem<Half16> : Elem16<Half16> {};
+template <>
+struct Elem<BFloat16Bits> : Elem16<BFloat16Bits> {};
+template <>
+struct PolicyFor<Half16> {
+  using type = WmmaPolicy<Half16>;
 };
 template <>
-struct PolicyFor<HalfTag> {
-  using type = WmmaPolicy<HalfTag>;
-};
-template <>
-struct PolicyFor<BFloat16Tag> {
-  using type = WmmaPolicy<BFloat16Tag>;
+struct PolicyFor<BFloat16Bits> {
+  using type = WmmaPolicy<BFloat16Bits>;
 };
 }  // namespace cuda_gemm
 }  // namespace twolayer_ops
@@ -450,9 +442,9 @@ extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0
     case 1:
       return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
     case 2:
-      return gemm_mode<HalfTag>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<Half16>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
     default:
-      return gemm_mode<BFloat16Tag>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<BFloat16Bits>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
   }
 }
 
