@@ -56,9 +56,8 @@ class EmulatedOps:
         """(pj, pk, nc, shared memory per block) of the split for these sizes, or None where none fits."""
         n, d_in, h, d_out = size
         empty = [torch.empty(0, dtype=dtype)] * 16
-        out = self._call(dtype, optimizer, n, d_in, h, d_out, empty[0], empty[0], empty[:4], empty[4:8], empty[8:],
-                         empty[0], (0.0,) * 5, 0, False, False, 0, 0, 1, 1.0)
-        return out
+        return self._call(dtype, optimizer, n, d_in, h, d_out, empty[0], empty[0], empty[:4], empty[4:8], empty[8:],
+                          empty[0], (0.0,) * 5, 0, False, False, 0, 0, 1, 1.0)
 
     def _launch(self, x, y, params, grads, state, optimizer, hyper, losses, *, steps, single, update, step, calls_done,
                 acc, loss_scale):

@@ -45,7 +45,7 @@ class EmulatedNative:
     def linear_relu(self, x, weight, bias):
         x2 = as_matrix(x)
         (m, k), n = x2.shape, weight.shape[0]
-        out = x.new_empty((m, n))
+        out = x.new_full((m, n), float("nan"))  # NaN where the kernel fails to write (at::empty on the GPU)
         if m and n:  # K == 0 runs the epilogue alone
             self._gemm(0, x2, None, weight, bias, out, None, m, k, n)
         return out.view(*x.shape[:-1], n)
@@ -59,7 +59,7 @@ class EmulatedNative:
         run_db = output_mask[2] and m > 0 and n > 0
 
         def result(wanted, run, shape):
-            return x.new_empty(0) if not wanted else x.new_empty(shape) if run else x.new_zeros(shape)
+            return x.new_empty(0) if not wanted else x.new_full(shape, float("nan")) if run else x.new_zeros(shape)
 
         dx, dw, db = result(output_mask[0], run_dx, (m, k)), result(output_mask[1], run_dw, (n, k)), \
             result(output_mask[2], run_db, (n,))
