@@ -18,7 +18,6 @@ Also: two_layer_train over k steps equals k two_layer_step calls bitwise (the ke
 its work split depends on the sizes only), losses are computed before the update, steps=0 launches
 nothing, sizes outside the on-chip limits raise a clear RuntimeError and leave every tensor untouched.
 """
-import math
 
 import pytest
 import torch
