@@ -2,8 +2,8 @@
 # The one-call GPU check, for a fresh GPU machine with torch and triton but no network:
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
-#          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, memcheck,
-#          and the benchmark report.
+#          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, the kernel
+#          benchmark of the issue-6 shapes with the Hopper paths on, and memcheck.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -37,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, rememb
   ((limit > left)) && limit=$left
   echo "== $name: $*"
   local t0=$SECONDS
-  if timeout "$limit" "$@" >"$logs/$name.log" 2>&1; then
+  if timeout --kill-after=10 "$limit" "$@" >"$logs/$name.log" 2>&1; then
     echo "   ok ($((SECONDS - t0)) s)"
   else
     echo "   FAILED ($((SECONDS - t0)) s; limit $limit s), tail of $name.log:"
@@ -72,19 +72,27 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
   grep -E " (FAILED|ERROR)( |$)" "$logs/tests.log" | head -40
 }
 
+# The issue-6 shapes, in order of importance (a step cut short still logs each finished case).
+HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096;float32:4096x4096x4096"
+# Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
+parallel=()
+"$PY" -c "import xdist" 2>/dev/null && parallel+=(-n 8)
+"$PY" -c "import pytest_timeout" 2>/dev/null && parallel+=(--timeout 150 --timeout-method thread)
+
 case $stage in
   all)
-    step tests 240 "$PY" -m pytest -v -rs -m cuda --durations=20
-    step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
-    step hopper_evidence 150 bash benchmarks/hopper_evidence.sh "$logs/hopper"
-    step sanitize_memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
-    step report 540 "$PY" -m benchmarks.report --device cuda --out "$out" --docs
+    step tests 170 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"
+    step fused_step_bench 100 "$PY" -m benchmarks.fused_step_bench
+    step hopper_evidence 90 bash benchmarks/hopper_evidence.sh "$logs/hopper"
+    step kernels 240 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda \
+      --cases "$HOPPER_CASES" --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+    step sanitize_memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -34 "$logs/hopper_evidence.log"
-    [[ -f $out/report.md ]] && { echo; grep -E "^\| (shape|[0-9])" "$out/report.md" | head -60; }
+    echo; grep -E " us \(" "$logs/kernels.log"
     ;;
   test)
-    step tests 360 "$PY" -m pytest -v -rs -m cuda --durations=20
+    step tests 360 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"
     if command -v compute-sanitizer >/dev/null; then
       for tool in memcheck racecheck synccheck; do
         step "sanitize_$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native

@@ -199,7 +199,12 @@ def run(device, cases, modes, provider_names=None, progress=True):
             if device == "cuda":
                 torch.cuda.synchronize()
             warm_ms[name] = (time.perf_counter() - start) * 1e3
-        for name, (p50, p20, p80) in time_us(runs, device).items():
+        timed = time_us(runs, device)
+        if progress:  # each case as it ends, so a run cut short still reports what it measured
+            mm_us = timed["mm"][0]
+            tqdm.write(f"{m}x{k}x{n} {dt_name} {mode}: " + ", ".join(
+                f"{name} {t[0]:.1f} us ({t[0] / mm_us:.3f}x mm)" for name, t in timed.items()), file=sys.stderr)
+        for name, (p50, p20, p80) in timed.items():
             key = dict(op="linear_relu", provider=name, mode=mode, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
             rows.append(Row(**key, metric="time", unit="us", p50=p50, p20=p20, p80=p80))
             rows.append(Row(**key, metric="tflops", unit="TFLOP/s", p50=flops(m, k, n, mode) / p50 / 1e6))
