@@ -2,8 +2,9 @@
 # The one-call GPU check, for a fresh GPU machine with torch and triton but no network:
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
-#          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, the kernel
-#          benchmark of the issue-6 shapes with the Hopper paths on, and memcheck.
+#          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, memcheck and
+#          racecheck of the native kernels, memcheck of the sm90 path, and the kernel benchmark of the
+#          issue-6 shapes (default paths, then the Triton TMA forward).
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -76,20 +77,26 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
 HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096;float32:4096x4096x4096"
 # Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
 parallel=()
-"$PY" -c "import xdist" 2>/dev/null && parallel+=(-n 8)
+"$PY" -c "import xdist" 2>/dev/null && parallel+=(-n 12)
 "$PY" -c "import pytest_timeout" 2>/dev/null && parallel+=(--timeout 150 --timeout-method thread)
 
 case $stage in
   all)
-    step tests 170 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"
-    step fused_step_bench 100 "$PY" -m benchmarks.fused_step_bench
-    step hopper_evidence 90 bash benchmarks/hopper_evidence.sh "$logs/hopper"
-    step kernels 240 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda \
-      --cases "$HOPPER_CASES" --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
-    step sanitize_memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
+    step tests 240 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"
+    step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench
+    step hopper_evidence 60 bash benchmarks/hopper_evidence.sh "$logs/hopper"
+    for tool in memcheck racecheck; do
+      step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
+    done
+    step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
+    # The default paths (the sm90 native path, the portable Triton kernels), then the Triton TMA forward.
+    step kernels 90 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" --modes fwd,fwdbwd \
+      --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+    step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
+      --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -34 "$logs/hopper_evidence.log"
-    echo; grep -E " us \(" "$logs/kernels.log"
+    echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
   test)
     step tests 360 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"

@@ -1,7 +1,7 @@
 """The Hopper (sm_90a) path of the native CUDA backend (csrc/cuda/linear_relu_sm90.cu).
 
-The path is opt-in (TWOLAYER_OPS_SM90=1, read once; or torch.ops.twolayer_ops_sm90.set_mode), so the GPU
-checks run in a worker process started with the variable set: a kernel that traps or hangs there (its
+The path is on by default (TWOLAYER_OPS_SM90=0 turns it off, read once; or torch.ops.twolayer_ops_sm90.set_mode).
+The GPU checks run in a worker process started with the variable set to 1: a kernel that traps or hangs there (its
 barrier waits trap after a few seconds) fails these tests instead of poisoning the CUDA context of the
 whole session. The worker runs every case once, writes one result per case to a JSON file as it goes,
 and each parametrized test below reports one case. Run the worker alone with
@@ -264,7 +264,7 @@ def test_introspection_ops_without_a_gpu_run():
     if ops is None:
         pytest.skip("extension built without CUDA")
     mode, env, probe, fwd, bwd = ops.info()
-    assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90") == "1")
+    assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
     with pytest.raises(RuntimeError, match="mode must be"):

@@ -210,6 +210,8 @@ def test_eligibility_rules(monkeypatch, capability):
         operands = (OnCuda(torch.empty(32, cols, dtype=dtype)), OnCuda(torch.empty(48, cols, dtype=dtype)))
         return hopper.eligible(kernel, precision, *operands)
 
+    assert not ok(dx, torch.bfloat16) and not ok(dw, torch.bfloat16)  # the backward kernels are off
+    monkeypatch.setattr(hopper, "BACKWARD", True)
     for kernel in (fwd, dx, dw):
         assert ok(kernel, torch.bfloat16) == ok(kernel, torch.float16) == on_hopper
         assert not ok(kernel, torch.float64)
@@ -345,6 +347,7 @@ def test_kept_configs_compile_for_sm90_with_wgmma_and_tma(kernel, dtype, config,
 def tma_launches(monkeypatch):
     """Forces the TMA path on (as TWOLAYER_OPS_TRITON_TMA=1 would) and records each TMA launch."""
     monkeypatch.setattr(hopper, "ENABLED", True)
+    monkeypatch.setattr(hopper, "BACKWARD", False)
     launched = []
     real = hopper.launch
 
@@ -355,6 +358,10 @@ def tma_launches(monkeypatch):
     monkeypatch.setattr(hopper, "launch", spy)
     return launched
 
+
+# The TMA backward kernels, switched on: wrong and run-to-run different on an H200 (triton 3.6).
+BACKWARD_RACE = pytest.mark.xfail(reason="TMA backward kernels: wrong, nondeterministic gradients on an H200 "
+                                  "with triton 3.6 (hopper.BACKWARD)", strict=False)
 
 # (x shape, N): tile multiples and not, several row groups, a 3-D input, a tiny one.
 GPU_SHAPES = [((1000, 264), 328), ((4096, 512), 512), ((4, 250, 264), 136), ((8, 64), 8), ((2100, 8), 1032)]
@@ -379,7 +386,7 @@ def test_tma_forward_and_backward_on_gpu(tma_launches, dtype, bias, x_shape, n):
     want = BACKENDS["torch"].linear_relu_backward(grad, out64, xd.double(), wd.double(), [True, True, bias])
     tma_launches.clear()
     got = ops.linear_relu_backward_triton(grad.to(dtype), out64.to(dtype), xd, wd, [True, True, bias])
-    assert tma_launches == ["linear_relu_dx_tma_kernel", "linear_relu_dw_db_tma_kernel"]
+    assert tma_launches == []  # the portable backward (hopper.BACKWARD is off)
     for name, g, r in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         if r.numel():
             assert_close_to_ref(g, r.to(dtype), dtype, name)
@@ -400,7 +407,7 @@ def test_tma_nan_and_zero_rules_on_gpu(tma_launches, dtype):
     assert torch.isnan(out[3]).all() and (out[:3, 9] == 0).all() and (out[4:, 9] == 0).all()
     grad = rand(M, N, device="cuda", seed=3).to(dtype)
     got = ops.linear_relu_backward_triton(grad, out, xd, wd, [True, True, True])
-    assert tma_launches == ["linear_relu_fwd_tma_kernel", "linear_relu_dx_tma_kernel", "linear_relu_dw_db_tma_kernel"]
+    assert tma_launches == ["linear_relu_fwd_tma_kernel"]  # the portable backward
     want = BACKENDS["torch"].linear_relu_backward(grad.double(), out.double(), xd.double(), wd.double(), [True] * 3)
     for name, g, r in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         assert_close_to_ref(g, r.to(dtype), dtype, name)  # NaN placement included
@@ -408,10 +415,12 @@ def test_tma_nan_and_zero_rules_on_gpu(tma_launches, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("kernel", ALL_KERNELS, ids=kernel_name)
+@pytest.mark.parametrize("kernel", [k if k is hopper.linear_relu_fwd_tma_kernel else pytest.param(k, marks=BACKWARD_RACE)
+                                    for k in ALL_KERNELS], ids=kernel_name)
 @on_hopper
 def test_every_tma_config_on_gpu(monkeypatch, tma_launches, kernel, dtype):
     """Every config the pruner keeps, one at a time (no autotuning), against float64."""
+    monkeypatch.setattr(hopper, "BACKWARD", True)
     x, w, b = rand(1100, 520, device="cuda"), rand(1032, 520, device="cuda", seed=1), rand(1032, device="cuda", seed=2)
     grad = rand(1100, 1032, device="cuda", seed=3)
     out64 = linear_relu_ref(x, w, b)
@@ -471,8 +480,10 @@ def test_ineligible_layouts_fall_back_on_gpu(tma_launches):
     assert_close_to_ref(out, linear_relu_ref(x.double(), w[:264].double()).to(dtype), dtype)
 
 
+@BACKWARD_RACE
 @on_hopper
-def test_tma_backward_is_deterministic_on_gpu(tma_launches):
+def test_tma_backward_is_deterministic_on_gpu(monkeypatch, tma_launches):
+    monkeypatch.setattr(hopper, "BACKWARD", True)
     x, w, b = (t.to(torch.bfloat16) for t in (rand(4096, 256, device="cuda"), rand(512, 256, device="cuda", seed=1),
                                               rand(512, device="cuda", seed=2)))
     out = ops.linear_relu_triton(x, w, b)
@@ -507,10 +518,13 @@ def test_environment_variable_runs_tma_kernels_on_gpu():
         x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         w = torch.randn(264, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         out = torch.ops.twolayer_ops.linear_relu_triton(x, w, None)
-        out.backward(torch.randn_like(out))  # not out.sum(): its gradient is a stride-0 expand
+        g = torch.randn_like(out)
+        out.backward(g)  # not out.sum(): its gradient is a stride-0 expand
         ref = torch.relu(x.double() @ w.double().t())
-        print(((out.double() - ref).norm() / ref.norm()).item() < 1e-2, *ran)
+        ref_dx = torch.where(ref <= 0, 0, g.double()) @ w.double()
+        print(((out.double() - ref).norm() / ref.norm()).item() < 1e-2,
+              ((x.grad.double() - ref_dx).norm() / ref_dx.norm()).item() < 1e-2, *ran)
         """,
         TWOLAYER_OPS_TRITON_TMA="1",
     )
-    assert out == ["True", "linear_relu_fwd_tma_kernel", "linear_relu_dx_tma_kernel", "linear_relu_dw_db_tma_kernel"]
+    assert out == ["True", "True", "linear_relu_fwd_tma_kernel"]  # the backward stays portable

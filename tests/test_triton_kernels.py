@@ -403,6 +403,7 @@ def test_backward_is_deterministic_on_gpu():
 
 @pytest.mark.cuda
 @requires_cuda
+@needs_interpreter
 def test_interpreter_then_compiler_in_one_process(tmp_path):
     """CPU (interpreted) then CUDA (compiled from scratch) then CPU, in one fresh process: an
     interpreted run must leave triton.language as it found it for the compiler."""

@@ -42,6 +42,7 @@
 // driver loaded).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -521,10 +522,10 @@ std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
-bool env_enabled() {
+bool env_enabled() {  // on unless TWOLAYER_OPS_SM90=0
   static const bool on = [] {
     const char* v = std::getenv("TWOLAYER_OPS_SM90");
-    return v != nullptr && std::strcmp(v, "1") == 0;
+    return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
 }
@@ -574,6 +575,11 @@ EncodeTiledFn encode_tiled() {
   }();
   return fn;
 }
+
+// The encoder is a driver call: it needs the device's context current on the calling thread. A thread that
+// has made no CUDA runtime call yet has none (autograd's backward thread, whose device guard found the device
+// already set): forcing cudaSetDevice binds the primary context. The callers hold a guard of this device.
+void bind_context(int device) { C10_CUDA_CHECK(c10::cuda::SetDevice(static_cast<c10::DeviceIndex>(device), true)); }
 
 // A 2-D row-major matrix (rows x cols, unit column stride, row stride `ld` elements) as a TMA tensor
 // map with box (box_cols x box_rows) and 128-byte swizzle; out-of-range elements read as zeros.
@@ -710,6 +716,7 @@ bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::opti
   if (!path_applies(x2, M, N, K) || !tiles_fit(M, N)) return false;
   if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
   const bool bf16 = x2.scalar_type() == at::kBFloat16;
+  bind_context(x2.get_device());
   CUtensorMap ma, mb;
   if (!make_map(&ma, x2.const_data_ptr(), bf16, M, K, x2.stride(0), 64, kBM) ||
       !make_map(&mb, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, kBN))
@@ -741,6 +748,7 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
   if (run_db && !grad_b.is_contiguous()) return false;
   const bool bf16 = x2.scalar_type() == at::kBFloat16;
   at::Tensor gm = at::empty({M, N}, x2.options());
+  bind_context(x2.get_device());
   // dX = Gm (M,N) @ W (N,K): A = Gm K-major (box 64 of N x 128 rows), B = W MN-major (64 of K x 64 of N).
   // dW = Gm^T (N,M) @ x (M,K): A = Gm MN-major (64 of N x 64 of M), B = x MN-major (64 of K x 64 of M).
   CUtensorMap dx_a, dx_b, dw_a, dw_b;

@@ -2,7 +2,9 @@
 
 Opt-in: only with TWOLAYER_OPS_TRITON_TMA=1 in the environment when this module is imported (read
 once), and only where `eligible` says so; every other call runs the portable kernels of
-linear_relu.py unchanged. It stays opt-in until a GPU run has validated it.
+linear_relu.py unchanged. On an H200 (triton 3.6) the forward matched float64 and ran at 0.98x to
+1.06x cuBLAS; the backward kernels gave wrong, run-to-run different gradients, so they are off
+(BACKWARD) and the backward runs the portable kernels.
 
 The three kernels compute what the portable ones compute (the same fused epilogue, the same masked
 gradient, db without atomics), on another scheme:
@@ -57,6 +59,11 @@ except ImportError:  # a triton without host-side tensor descriptors: the portab
 # The kernels need host descriptors and tl.range(flatten=...), both in triton 3.6 and 3.8.
 HAS_TMA_API = TensorDescriptor is not None and "flatten" in inspect.signature(tl.range.__init__).parameters
 ENABLED = os.environ.get("TWOLAYER_OPS_TRITON_TMA", "0") == "1"  # read once, at import
+# The backward kernels gave wrong gradients (relative errors 0.02 to 0.14) that changed from run to
+# run on an H200 with triton 3.6 (2026-11-27), while the interpreter matches float64: a race in the
+# compiled code, not yet found. So the backward runs the portable kernels; the GPU tests set this to
+# run the TMA backward kernels again.
+BACKWARD = False
 
 TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float32 only as TF32, see eligible()
 GROUP_SIZE = 8
@@ -377,11 +384,13 @@ def tma_compatible(t):
 def eligible(kernel, input_precision, *tensors):
     """Whether `kernel` (one of KERNELS) runs these 2-D operands and (pre-allocated) results: TMA's
     layout rules, a device of capability >= 9 with shared memory for one of its configs, fp16 or
-    bf16, and float32 only in the forward and only as TF32. An IEEE float32 dot has no tensor-core
+    bf16, and float32 only in the forward and only as TF32; the backward kernels only with BACKWARD. An IEEE float32 dot has no tensor-core
     form; TF32 wgmma wants both operands K-major, which the backward's w (dx) and x (dw) tiles are
     not (the compiler copies them through registers and serializes the wgmma; seen in the TTGIR)."""
     t = tensors[0]
     if not (ENABLED and HAS_TMA_API and t.device.type == "cuda" and t.dtype in TMA_DTYPES):
+        return False
+    if kernel is not linear_relu_fwd_tma_kernel and not BACKWARD:
         return False
     if t.dtype == torch.float32 and (kernel is not linear_relu_fwd_tma_kernel or input_precision != "tf32"):
         return False

@@ -34,10 +34,11 @@ computes in numpy at full precision whatever the setting.
 
 Hopper (opt-in). With TWOLAYER_OPS_TRITON_TMA=1 in the environment at import (read once, into
 hopper.ENABLED), CUDA tensors on a device of capability >= 9 run the persistent TMA-descriptor
-kernels of hopper.py instead: the forward for fp16, bf16 and TF32 float32, both backward kernels
-for fp16 and bf16, wherever every operand meets TMA's layout rules (hopper.eligible); each kernel
-call that is not eligible runs the portable kernel below, as do CPU tensors and a triton without
-host-side tensor descriptors. The path stays opt-in until a GPU run has validated it
+kernel of hopper.py for the forward instead (fp16, bf16 and TF32 float32), wherever every operand
+meets TMA's layout rules (hopper.eligible); each kernel call that is not eligible runs the portable
+kernel below, as do CPU tensors and a triton without host-side tensor descriptors. Its backward
+kernels are off (hopper.BACKWARD: wrong results on an H200), so the backward stays portable. The
+path stays opt-in until a GPU run shows it faster than the portable forward
 (tests/test_triton_hopper.py, benchmarks/triton_tune.py).
 """
 import functools
