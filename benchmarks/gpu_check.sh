@@ -4,7 +4,8 @@
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, memcheck and
 #          racecheck of the native kernels, memcheck of the sm90 path, and the kernel benchmark of the
-#          issue-6 shapes (default paths, then the Triton TMA forward).
+#          issue-6 shapes (default paths, then the Triton TMA forward), and a native backtrace of a
+#          known crash.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -94,7 +95,12 @@ case $stage in
       --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
+    # The native backtrace of the segfault this test hit on the H200 (2026-11-27), if it still does (the
+    # test's own pass or failure is the tests step's; this step only logs).
+    step crash_backtrace 90 bash -c 'cuda-gdb -q -batch -ex run -ex bt --args "$0" -m pytest -q -p no:xdist \
+      -p no:cacheprovider tests/test_fused_step_cuda.py::test_bad_dtype_and_device_raise; exit 0' "$PY"
     summarize_tests
+    echo; grep -E "^#[0-9]+ |SIGSEGV|passed|failed" "$logs/crash_backtrace.log" | head -30
     echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -34 "$logs/hopper_evidence.log"
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
