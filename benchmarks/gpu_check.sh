@@ -7,7 +7,7 @@
 #          issue-6 shapes (default paths, then the Triton TMA forward), and a native backtrace of a
 #          known crash.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
-#   test   (default) build; the CUDA-marked tests (native, triton, the opt-in Hopper paths and the fused
+#   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
 #   report the benchmark report: kernels (every provider, fwd/bwd/fwdbwd) and trainers; writes the
 #          CSVs, plots, report.md and the GPU section of docs/PERFORMANCE.md (copied to OUT_DIR).

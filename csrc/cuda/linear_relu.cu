@@ -34,7 +34,7 @@
 
 #include "../linear_relu.h"
 #include "linear_relu_gemm.h"  // operands, tile loader, SIMT policy, kernel body: the portable core
-#include "sm90.h"              // the Hopper path (linear_relu_sm90.cu), tried first; opt-in, see sm90.h
+#include "sm90.h"              // the Hopper path (linear_relu_sm90.cu), tried first; see sm90.h
 
 namespace twolayer_ops {
 namespace cuda_gemm {

@@ -1,6 +1,6 @@
 // The Hopper (sm_90a) path of twolayer_ops: a persistent, warp-specialized GEMM on TMA and wgmma,
 // used for the forward out = relu(x @ W^T + b) and the two backward GEMMs, float16 / bfloat16 with
-// float32 accumulation. Entry points and the opt-in rule: sm90.h. Everything else (other GPUs, other
+// float32 accumulation. Entry points and when it runs: sm90.h. Everything else (other GPUs, other
 // dtypes, layouts TMA cannot read, small problems) keeps the portable kernels of linear_relu.cu.
 //
 // The GEMM, C[M,N] = A[M,K] B[K,N] (+ bias, ReLU, cast in the epilogue):

@@ -384,9 +384,10 @@ def tma_compatible(t):
 def eligible(kernel, input_precision, *tensors):
     """Whether `kernel` (one of KERNELS) runs these 2-D operands and (pre-allocated) results: TMA's
     layout rules, a device of capability >= 9 with shared memory for one of its configs, fp16 or
-    bf16, and float32 only in the forward and only as TF32; the backward kernels only with BACKWARD. An IEEE float32 dot has no tensor-core
-    form; TF32 wgmma wants both operands K-major, which the backward's w (dx) and x (dw) tiles are
-    not (the compiler copies them through registers and serializes the wgmma; seen in the TTGIR)."""
+    bf16, and float32 only in the forward and only as TF32; the backward kernels only with BACKWARD.
+    An IEEE float32 dot has no tensor-core form; TF32 wgmma wants both operands K-major, which the
+    backward's w (dx) and x (dw) tiles are not (the compiler copies them through registers and
+    serializes the wgmma; seen in the TTGIR)."""
     t = tensors[0]
     if not (ENABLED and HAS_TMA_API and t.device.type == "cuda" and t.dtype in TMA_DTYPES):
         return False
