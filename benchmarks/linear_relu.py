@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import twolayer_ops

@@ -140,6 +140,29 @@ def test_backward_launches_only_what_output_mask_asks(cpu_launches, mask, expect
 
 
 @needs_interpreter
+def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch):
+    """With TF32 dots (CUDA only; forced here, which the interpreter computes exactly) the backward
+    kernels get copies whose summed dimension is contiguous: weight's rows for dX; g's, the
+    output's and x's rows for dW. Same results."""
+    monkeypatch.setattr(tk, "input_precision", lambda t: "tf32")
+    launched = {}
+    real = tk.launch
+
+    def spy(kernel, device, grid, *args, **meta):
+        launched[tk.python_function(kernel).__name__] = args[:3]
+        return real(kernel, device, grid, *args, **meta)
+
+    monkeypatch.setattr(tk, "launch", spy)
+    x, w, b = inputs(9, 70, 67)
+    grad, out = backward_op_inputs(x, w, b)
+    got = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
+    assert launched["linear_relu_dx_kernel"][2].stride() == (1, 67)
+    assert all(t.stride(0) == 1 for t in launched["linear_relu_dw_db_kernel"])
+    for g, r in zip(got, BACKENDS["torch"].linear_relu_backward(grad, out, x, w, [True, True, True])):
+        assert_close_to_ref(g, r, torch.float64)
+
+
+@needs_interpreter
 @pytest.mark.parametrize(
     "m,k,n,forward_launches,backward_launches",
     [
@@ -380,14 +403,22 @@ def test_every_config_is_kept_for_some_dtype(kernel):
 @requires_cuda
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_tf32_follows_the_torch_flag(monkeypatch, allow_tf32):
+    """Forward and backward (whose TF32 dots read copies laid out for the tensor cores)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
-    x, w, b = inputs(256, 512, 256, device="cuda")
+    x, w, b = inputs(256, 512, 264, device="cuda")
     ref = linear_relu_ref(x, w, b)
-    err = (ops.linear_relu_triton(x.float(), w.float(), b.float()).double() - ref).norm() / ref.norm()
-    if allow_tf32:
-        assert REL_TOL[torch.float32] < err < 5e-3, f"TF32 expected, relative error {err:.3g}"
-    else:
-        assert err < REL_TOL[torch.float32]
+    grad = torch.randn_like(ref)
+    ref_grads = BACKENDS["torch"].linear_relu_backward(grad, ref, x, w, [True, True, True])
+    out = ops.linear_relu_triton(x.float(), w.float(), b.float())
+    # The backward at the float64 output, so that both sides mask the same elements.
+    grads = ops.linear_relu_backward_triton(grad.float(), ref.float(), x.float(), w.float(), [True, True, True])
+    for name, got, want in zip(("out", "grad_x", "grad_weight"), (out, *grads[:2]), (ref, *ref_grads[:2])):
+        err = ((got.double() - want).norm() / want.norm()).item()
+        if allow_tf32:
+            assert REL_TOL[torch.float32] < err < 5e-3, f"{name}: TF32 expected, relative error {err:.3g}"
+        else:
+            assert err < REL_TOL[torch.float32], f"{name}: relative error {err:.3g}"
+    assert ((grads[2].double() - ref_grads[2]).norm() / ref_grads[2].norm()).item() < REL_TOL[torch.float32]
 
 
 @pytest.mark.cuda
