@@ -142,8 +142,8 @@ def test_backward_launches_only_what_output_mask_asks(cpu_launches, mask, expect
 @needs_interpreter
 def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch):
     """With TF32 dots (CUDA only; forced here, which the interpreter computes exactly) the backward
-    kernels get copies whose summed dimension is contiguous: weight's rows for dX; g's, the
-    output's and x's rows for dW. Same results."""
+    kernels get right operands whose summed dimension is contiguous: weight's rows for dX, x's for
+    dW. Same results."""
     monkeypatch.setattr(tk, "input_precision", lambda t: "tf32")
     launched = {}
     real = tk.launch
@@ -157,7 +157,7 @@ def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch):
     grad, out = backward_op_inputs(x, w, b)
     got = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
     assert launched["linear_relu_dx_kernel"][2].stride() == (1, 67)
-    assert all(t.stride(0) == 1 for t in launched["linear_relu_dw_db_kernel"])
+    assert launched["linear_relu_dw_db_kernel"][2].stride() == (1, 9)
     for g, r in zip(got, BACKENDS["torch"].linear_relu_backward(grad, out, x, w, [True, True, True])):
         assert_close_to_ref(g, r, torch.float64)
 
@@ -288,6 +288,12 @@ CALL_INTS = {
     tk.linear_relu_dw_db_kernel: dict(M=M_, N=N_, K=K_, stride_gm=N_, stride_gn=1, stride_om=N_, stride_on=1,
                                       stride_xm=K_, stride_xk=1, stride_dwn=K_, stride_dwk=1, stride_db=1),
 }
+# With TF32 the backward passes copies whose summed dimension is contiguous (reduction_contiguous).
+TF32_CALL_INTS = {
+    tk.linear_relu_fwd_kernel: CALL_INTS[tk.linear_relu_fwd_kernel],
+    tk.linear_relu_dx_kernel: dict(CALL_INTS[tk.linear_relu_dx_kernel], stride_wn=1, stride_wk=N_),
+    tk.linear_relu_dw_db_kernel: dict(CALL_INTS[tk.linear_relu_dw_db_kernel], stride_xm=1, stride_xk=M_),
+}
 VARIANT_CONSTEXPRS = {tk.linear_relu_fwd_kernel: {"HAS_BIAS": True}, tk.linear_relu_dx_kernel: {},
                       tk.linear_relu_dw_db_kernel: {"COMPUTE_DW": True, "COMPUTE_DB": True}}
 PRECISIONS = [(torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "ieee"), (torch.float32, "tf32"),
@@ -328,10 +334,15 @@ def test_kept_configs_compile_for_sm90(kernel, dtype, precision, config):
     """Every config the autotuner tries fits an H100's shared memory, does its dot on the units the
     precision asks for (tensor cores for 16-bit and TF32; FFMA, never TF32, for IEEE float32;
     float64 units for float64), and spills at most a trace in its k-loop (under 1% of the loop's
-    math instructions; the SIMT rule in keeps() prunes the tiles that spill more)."""
-    compiled = aot.compile_for(kernel, config, dtype, ints=CALL_INTS[kernel], ACC_DTYPE=tk.acc_dtype(dtype),
+    math instructions; the SIMT rule in keeps() prunes the tiles that spill more). Its tiles move
+    global -> shared 16 bytes a copy (TF32 tiles laid out otherwise went 4 bytes at a time)."""
+    ints = (TF32_CALL_INTS if precision == "tf32" else CALL_INTS)[kernel]
+    compiled = aot.compile_for(kernel, config, dtype, ints=ints, ACC_DTYPE=tk.acc_dtype(dtype),
                                INPUT_PRECISION=precision, **VARIANT_CONSTEXPRS[kernel])
     assert compiled.metadata.shared <= tk.H100_SHARED_MEMORY
+    copy_bytes = set(re.findall(r"cp\.async\.c[ag]\.shared\.global \[[^\]]+\], \[[^\]]+\], (0x[0-9a-f]+)",
+                                compiled.asm["ptx"]))
+    assert copy_bytes == {"0x10"}, f"global -> shared copies of {copy_bytes} bytes"
     (sass,) = machine_code.read_cubin(compiled.asm["cubin"])
     tensor_cores = sass.ops["HGMMA"] + sass.ops["HMMA"]
     if dtype == torch.float64:

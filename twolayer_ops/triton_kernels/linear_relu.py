@@ -93,6 +93,8 @@ GROUP_SIZE = 8
 # A SIMT dot (IEEE float32, float64) whose accumulator takes more registers per thread than this
 # spills in its k-loop. Compiled for sm_90 (tests/test_triton_kernels.py), float32 128x128 tiles on
 # 4 warps (128 registers) and float64 64x128 ones (128) do; the kept configs spill at most a trace.
+# So does a TF32 backward dot on such a tile: its masked left operand, computed in registers, sits
+# beside the accumulator at 32 bits an element (dW 128x128 on 4 warps: 255 registers, 30 LDL/STL).
 SIMT_ACCUMULATOR_REGISTERS = 64
 H100_SHARED_MEMORY = 232448  # bytes per block, opt-in: H100 and H200
 # The one config of the interpreter (CPU). Its cost is per op, not per element: 64 was fastest
@@ -124,14 +126,16 @@ def shared_memory_bytes(config, rows, cols, step, a_loads, element_size):
 
 def keeps(config, layout, dtype, precision, shared_limit):
     """Whether the autotuner tries `config` for a dot of `dtype` at `precision` ("ieee", "tf32"):
-    its tiles fit in shared memory and, for a SIMT dot, its accumulator in registers."""
+    its tiles fit in shared memory and, for a SIMT dot or a float32 backward one, its accumulator
+    in registers."""
     rows, cols, step, a_loads = layout
     if shared_memory_bytes(config, rows, cols, step, a_loads, dtype.itemsize) > shared_limit:
         return False
     simt = dtype == torch.float64 or (dtype == torch.float32 and precision == "ieee")
+    tf32_backward = dtype == torch.float32 and a_loads == 2  # the backward kernels stream g and out
     kw = config.kwargs
     registers = kw[rows] * kw[cols] * max(dtype.itemsize // 4, 1) / (32 * config.num_warps)
-    return not simt or registers <= SIMT_ACCUMULATOR_REGISTERS
+    return not (simt or tf32_backward) or registers <= SIMT_ACCUMULATOR_REGISTERS
 
 
 def kept(configs, layout, dtype, precision, shared_limit):
@@ -462,8 +466,9 @@ def reduction_contiguous(t):
     """The (rows, cols) matrix t with its rows dimension contiguous, by a transposed copy. A TF32 dot
     wants the dimension it sums over contiguous in memory: otherwise triton copies the tile 4 bytes
     at a time to lay it out for the tensor cores (seen in the sm_90 PTX of the backward kernels: 64
-    to 128 4-byte cp.async per step, 16-byte only with this layout). One copy costs a pass over t;
-    at 4096^3 the TF32 backward ran at 31 TFLOP/s on an H200 without it."""
+    to 128 4-byte cp.async per step, 16-byte only with this layout). The right operands need it
+    (weight for dX, x for dW); the left one, masked in registers, does not. One copy costs a pass
+    over t; at 4096^3 the TF32 backward ran at 31 TFLOP/s on an H200 without it."""
     return t.t().contiguous().t()
 
 
@@ -506,8 +511,8 @@ def grad_weight_bias(g, o, x2, want_w, want_b):
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]) * (triton.cdiv(K, meta["BLOCK_K"]) if compute_dw else 1),)
 
-        if precision == "tf32" and compute_dw:  # the dot sums over M: the rows of g, o and x
-            g, o, x2 = (reduction_contiguous(t) for t in (g, o, x2))
+        if precision == "tf32" and compute_dw:  # the dot sums over M: x's rows (g, out: registers)
+            x2 = reduction_contiguous(x2)
         launch(
             linear_relu_dw_db_kernel, g.device, grid,
             g, o, x2, dw, db, M, N, K,
