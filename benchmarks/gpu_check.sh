@@ -74,8 +74,10 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
   grep -E " (FAILED|ERROR)( |$)" "$logs/tests.log" | head -40
 }
 
-# The issue-6 shapes, in order of importance (a step cut short still logs each finished case).
+# The issue-6 shapes, in order of importance (a step cut short still logs each finished case), then
+# the seed net's two layers (launch-bound: microseconds).
 HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096;float32:4096x4096x4096"
+SEED_CASES="float32:64x1000x100+64x100x10"
 # Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
 parallel=()
 "$PY" -c "import xdist" 2>/dev/null && parallel+=(-n 12)
@@ -91,7 +93,7 @@ case $stage in
     done
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     # The default paths (the sm90 native path, the portable Triton kernels), then the Triton TMA forward.
-    step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" --modes fwd,fwdbwd \
+    step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" --modes fwd,fwdbwd \
       --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
