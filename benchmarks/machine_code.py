@@ -19,6 +19,7 @@ import tempfile
 COUNTED = ("HGMMA", "HMMA", "UTMALDG", "USETMAXREG", "FFMA", "DFMA", "LDL", "STL")
 _INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?(.*)")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+_REGISTER_A = re.compile(r"\sR\d+, R\d+, gdesc")  # HGMMA ... D, A, B: A a register, not in the gdesc
 
 
 @dataclasses.dataclass
@@ -37,6 +38,11 @@ class Kernel:
     @property
     def local_traffic(self):
         return self.ops["LDL"] + self.ops["STL"]
+
+    @property
+    def register_fed_wgmma(self):
+        """HGMMA whose A operand comes from registers rather than from shared memory."""
+        return sum(1 for _, opcode, operands in self.code if opcode == "HGMMA" and _REGISTER_A.search(operands))
 
     @property
     def hot_loop_local_traffic(self):

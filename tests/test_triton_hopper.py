@@ -88,17 +88,18 @@ def test_interpreted_tma_kernels_match_float64(dtype, flatten, split, bias):
     if bias:
         assert (out[:3, 10] == 0).all()
 
-    # Backward at the float64 output, so that the reference's mask is the kernel's; NaN outputs
-    # pass their gradient, zeros stop it.
+    # The backward kernels take the masked gradient, here of the float64 output: NaN outputs pass
+    # their gradient, zeros stop it.
     o = ref.to(dtype)
     g = rand(M, N, seed=3).to(dtype)
-    gm = torch.where(o <= 0, 0, g).double()
+    gm = torch.where(o <= 0, 0, g)
     xf = torch.nan_to_num(xd)  # dw's reference would be all NaN otherwise
     dx = torch.full((M, K), 777.0, dtype=dtype)
-    hopper.grad_x(g, o, wd, dx, "ieee", runner=run)
+    hopper.grad_x(gm, wd, dx, "ieee", runner=run)
     dw = torch.full((N, K), 777.0, dtype=dtype)
     db = torch.full((N,), 777.0, dtype=dtype) if bias else None
-    hopper.grad_weight_bias(g, o, xf, dw, db, "ieee", runner=run)
+    hopper.grad_weight_bias(gm, xf, dw, db, "ieee", runner=run)
+    gm = gm.double()
     assert_close_to_ref(dx, (gm @ wd.double()).to(dtype), dtype, "grad_x")
     assert_close_to_ref(dw, (gm.t() @ xf.double()).to(dtype), dtype, "grad_weight")
     if bias:
@@ -143,7 +144,7 @@ def test_autotuned_launch_path_under_TRITON_INTERPRET():
             o = torch.relu(x.double() @ w.double().t() + b.double())
             g = torch.randn(M, N).to(dtype)
             gm = torch.where(o <= 0, 0, g.double())
-            od = o.to(dtype)
+            gmd = gm.to(dtype)
             for kernel in hopper.KERNELS:
                 if dtype == torch.float32 and kernel is not hopper.linear_relu_fwd_tma_kernel:
                     continue
@@ -155,10 +156,10 @@ def test_autotuned_launch_path_under_TRITON_INTERPRET():
                     if kernel is hopper.linear_relu_fwd_tma_kernel:
                         check(hopper.forward(x, w, b, torch.full((M, N), 7.0, dtype=dtype), precision), o)
                     elif not dw_db:
-                        check(hopper.grad_x(g, od, w, torch.full((M, K), 7.0, dtype=dtype), precision), gm @ w.double())
+                        check(hopper.grad_x(gmd, w, torch.full((M, K), 7.0, dtype=dtype), precision), gm @ w.double())
                     else:
                         db = None if config.kwargs["FLATTEN"] else torch.full((N,), 7.0, dtype=dtype)
-                        dw, db = hopper.grad_weight_bias(g, od, x, torch.full((N, K), 7.0, dtype=dtype), db, precision)
+                        dw, db = hopper.grad_weight_bias(gmd, x, torch.full((N, K), 7.0, dtype=dtype), db, precision)
                         check(dw, gm.t() @ x.double())
                         if db is not None:
                             check(db, gm.sum(0))
@@ -327,7 +328,8 @@ def compile_cases():
 @pytest.mark.parametrize("kernel,dtype,config,extra", compile_cases())
 def test_kept_configs_compile_for_sm90_with_wgmma_and_tma(kernel, dtype, config, extra):
     """Every config the pruner keeps compiles for sm_90 within an H100's shared memory, its dots
-    on wgmma (no mma.sync fallback), its tiles moved by TMA loads and stores."""
+    on wgmma (no mma.sync fallback) with both operands in shared memory (a register-fed one is
+    the hazard of tk.mask_in_kernel), its tiles moved by TMA loads and stores."""
     compiled = hopper.compile_for(kernel, config, dtype, **extra)
     ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
     assert compiled.metadata.shared <= 232448
@@ -338,6 +340,7 @@ def test_kept_configs_compile_for_sm90_with_wgmma_and_tma(kernel, dtype, config,
     if machine_code.find_cuobjdump():
         (sass,) = machine_code.read_cubin(compiled.asm["cubin"])
         assert sass.ops["HGMMA"] > 0 and sass.ops["UTMALDG"] > 0 and sass.ops["HMMA"] == 0, sass.ops
+        assert sass.register_fed_wgmma == 0
         assert sass.stack == sass.local == sass.local_traffic == 0, f"spills: {sass}"
 
 
@@ -359,10 +362,6 @@ def tma_launches(monkeypatch):
     return launched
 
 
-# The TMA backward kernels, switched on: wrong and run-to-run different on an H200 (triton 3.6).
-BACKWARD_RACE = pytest.mark.xfail(reason="TMA backward kernels: wrong, nondeterministic gradients on an H200 "
-                                  "with triton 3.6 (hopper.BACKWARD)", strict=False)
-
 # (x shape, N): tile multiples and not, several row groups, a 3-D input, a tiny one.
 GPU_SHAPES = [((1000, 264), 328), ((4096, 512), 512), ((4, 250, 264), 136), ((8, 64), 8), ((2100, 8), 1032)]
 
@@ -370,8 +369,10 @@ GPU_SHAPES = [((1000, 264), 328), ((4096, 512), 512), ((4, 250, 264), 136), ((8,
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("x_shape,n", GPU_SHAPES, ids=str)
+@pytest.mark.parametrize("tma_backward", [False, True], ids=["portable_backward", "tma_backward"])
 @on_hopper
-def test_tma_forward_and_backward_on_gpu(tma_launches, dtype, bias, x_shape, n):
+def test_tma_forward_and_backward_on_gpu(monkeypatch, tma_launches, dtype, bias, x_shape, n, tma_backward):
+    monkeypatch.setattr(hopper, "BACKWARD", tma_backward)
     K = x_shape[-1]
     x, w, b = rand(*x_shape, device="cuda"), rand(n, K, device="cuda", seed=1), rand(n, device="cuda", seed=2)
     b = b if bias else None
@@ -386,7 +387,7 @@ def test_tma_forward_and_backward_on_gpu(tma_launches, dtype, bias, x_shape, n):
     want = BACKENDS["torch"].linear_relu_backward(grad, out64, xd.double(), wd.double(), [True, True, bias])
     tma_launches.clear()
     got = ops.linear_relu_backward_triton(grad.to(dtype), out64.to(dtype), xd, wd, [True, True, bias])
-    assert tma_launches == []  # the portable backward (hopper.BACKWARD is off)
+    assert tma_launches == (["linear_relu_dx_tma_kernel", "linear_relu_dw_db_tma_kernel"] if tma_backward else [])
     for name, g, r in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         if r.numel():
             assert_close_to_ref(g, r.to(dtype), dtype, name)
@@ -415,8 +416,7 @@ def test_tma_nan_and_zero_rules_on_gpu(tma_launches, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("kernel", [k if k is hopper.linear_relu_fwd_tma_kernel else pytest.param(k, marks=BACKWARD_RACE)
-                                    for k in ALL_KERNELS], ids=kernel_name)
+@pytest.mark.parametrize("kernel", ALL_KERNELS, ids=kernel_name)
 @on_hopper
 def test_every_tma_config_on_gpu(monkeypatch, tma_launches, kernel, dtype):
     """Every config the pruner keeps, one at a time (no autotuning), against float64."""
@@ -480,7 +480,6 @@ def test_ineligible_layouts_fall_back_on_gpu(tma_launches):
     assert_close_to_ref(out, linear_relu_ref(x.double(), w[:264].double()).to(dtype), dtype)
 
 
-@BACKWARD_RACE
 @on_hopper
 def test_tma_backward_is_deterministic_on_gpu(monkeypatch, tma_launches):
     monkeypatch.setattr(hopper, "BACKWARD", True)

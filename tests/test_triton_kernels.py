@@ -162,6 +162,51 @@ def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch):
         assert_close_to_ref(g, r, torch.float64)
 
 
+@pytest.mark.parametrize(
+    "dtype,precision,hopper_device,in_kernel",
+    [
+        (torch.float16, "ieee", True, False),
+        (torch.bfloat16, "ieee", True, False),
+        (torch.float32, "tf32", True, False),
+        (torch.float32, "ieee", True, True),  # SIMT float32: no wgmma
+        (torch.float64, "ieee", True, True),  # float64 units: no wgmma
+        (torch.bfloat16, "ieee", False, True),  # other GPUs' mma.sync reads its registers at once
+        (torch.float32, "tf32", False, True),
+    ],
+    ids=str,
+)
+def test_mask_goes_before_the_kernels_only_for_hopper_wgmma(dtype, precision, hopper_device, in_kernel):
+    assert tk.mask_in_kernel(dtype, precision, hopper_device) == in_kernel
+
+
+@needs_interpreter
+def test_hopper_backward_reads_a_premasked_gradient(monkeypatch, cpu_launches):
+    """The backward as a Hopper GPU runs its TF32 dots (forced here; the interpreter computes them
+    exactly): one masking pass, then both kernels without MASK_G, dW's on a copy of the masked
+    gradient with M contiguous. NaN outputs pass their gradient and zero outputs stop it, as in the
+    float64 reference."""
+    monkeypatch.setattr(tk, "on_hopper", lambda device: True)
+    monkeypatch.setattr(tk, "input_precision", lambda t: "tf32")
+    strides = []
+    real = tk.launch
+
+    def spy(kernel, device, grid, *args, **meta):
+        strides.append(args[0].stride())
+        return real(kernel, device, grid, *args, **meta)
+
+    monkeypatch.setattr(tk, "launch", spy)
+    x, w, b = special_inputs(torch.float64)
+    out = linear_relu_ref(x, w, b)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
+    assert [(name, meta.get("MASK_G")) for name, meta in cpu_launches] == [
+        ("relu_backward_kernel", None), ("linear_relu_dx_kernel", False), ("linear_relu_dw_db_kernel", False)]
+    assert strides[1:] == [(130, 1), (1, 70)]  # dX reads the masked gradient as written, dW a transposed copy
+    want = BACKENDS["torch"].linear_relu_backward(grad, out, x, w, [True, True, True])
+    for name, g, r in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        assert_close_to_ref(g, r, torch.float64, name)
+
+
 @needs_interpreter
 @pytest.mark.parametrize(
     "m,k,n,forward_launches,backward_launches",
@@ -288,14 +333,24 @@ CALL_INTS = {
     tk.linear_relu_dw_db_kernel: dict(M=M_, N=N_, K=K_, stride_gm=N_, stride_gn=1, stride_om=N_, stride_on=1,
                                       stride_xm=K_, stride_xk=1, stride_dwn=K_, stride_dwk=1, stride_db=1),
 }
-# With TF32 the backward passes copies whose summed dimension is contiguous (reduction_contiguous).
+# With TF32 the backward passes copies whose summed dimension is contiguous (reduction_contiguous),
+# on Hopper dW's masked gradient too.
 TF32_CALL_INTS = {
     tk.linear_relu_fwd_kernel: CALL_INTS[tk.linear_relu_fwd_kernel],
     tk.linear_relu_dx_kernel: dict(CALL_INTS[tk.linear_relu_dx_kernel], stride_wn=1, stride_wk=N_),
-    tk.linear_relu_dw_db_kernel: dict(CALL_INTS[tk.linear_relu_dw_db_kernel], stride_xm=1, stride_xk=M_),
+    tk.linear_relu_dw_db_kernel: dict(CALL_INTS[tk.linear_relu_dw_db_kernel], stride_xm=1, stride_xk=M_,
+                                      stride_gm=1, stride_gn=M_),
 }
 VARIANT_CONSTEXPRS = {tk.linear_relu_fwd_kernel: {"HAS_BIAS": True}, tk.linear_relu_dx_kernel: {},
                       tk.linear_relu_dw_db_kernel: {"COMPUTE_DW": True, "COMPUTE_DB": True}}
+BACKWARD_KERNELS = (tk.linear_relu_dx_kernel, tk.linear_relu_dw_db_kernel)
+
+
+def sm90_variant(kernel, dtype, precision):
+    """The constexprs of `kernel`'s compile on a Hopper GPU: its variant, and where g is masked."""
+    if kernel in BACKWARD_KERNELS:
+        return {**VARIANT_CONSTEXPRS[kernel], "MASK_G": tk.mask_in_kernel(dtype, precision, hopper_device=True)}
+    return VARIANT_CONSTEXPRS[kernel]
 PRECISIONS = [(torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "ieee"), (torch.float32, "tf32"),
               (torch.float64, "ieee")]
 
@@ -335,10 +390,11 @@ def test_kept_configs_compile_for_sm90(kernel, dtype, precision, config):
     precision asks for (tensor cores for 16-bit and TF32; FFMA, never TF32, for IEEE float32;
     float64 units for float64), and spills at most a trace in its k-loop (under 1% of the loop's
     math instructions; the SIMT rule in keeps() prunes the tiles that spill more). Its tiles move
-    global -> shared 16 bytes a copy (TF32 tiles laid out otherwise went 4 bytes at a time)."""
+    global -> shared 16 bytes a copy (TF32 tiles laid out otherwise went 4 bytes at a time). Its
+    wgmma take both operands from shared memory (the hazard of tk.mask_in_kernel)."""
     ints = (TF32_CALL_INTS if precision == "tf32" else CALL_INTS)[kernel]
     compiled = aot.compile_for(kernel, config, dtype, ints=ints, ACC_DTYPE=tk.acc_dtype(dtype),
-                               INPUT_PRECISION=precision, **VARIANT_CONSTEXPRS[kernel])
+                               INPUT_PRECISION=precision, **sm90_variant(kernel, dtype, precision))
     assert compiled.metadata.shared <= tk.H100_SHARED_MEMORY
     copy_bytes = set(re.findall(r"cp\.async\.c[ag]\.shared\.global \[[^\]]+\], \[[^\]]+\], (0x[0-9a-f]+)",
                                 compiled.asm["ptx"]))
@@ -353,10 +409,24 @@ def test_kept_configs_compile_for_sm90(kernel, dtype, precision, config):
         assert tensor_cores > 0 and sass.ops["FFMA"] == 0, sass.ops
         if precision == "tf32":
             assert re.search(r"(wgmma\.mma_async|mma)\S*\.tf32", compiled.asm["ptx"])
+    assert sass.register_fed_wgmma == 0
     math = sum(sass.hot_loop_ops[op] for op in machine_code.MATH)
     assert math > 0, "no k-loop found"
     assert sass.hot_loop_local_traffic <= 0.01 * math, (
         f"{sass.hot_loop_local_traffic} LDL/STL against {math} math instructions in the k-loop ({sass.regs} registers)")
+
+
+@pytest.mark.skipif("nvidia" not in tk.triton_backends, reason="triton has no NVIDIA compiler here")
+@pytest.mark.skipif(machine_code.find_cuobjdump() is None, reason="no cuobjdump (PATH, CUDA_HOME or triton)")
+@pytest.mark.parametrize("kernel", BACKWARD_KERNELS, ids=lambda k: tk.python_function(k).__name__)
+def test_masking_in_the_kernel_feeds_wgmma_from_registers(kernel):
+    """Why Hopper masks g first: masked as it loads, the g tile reaches wgmma from registers, the
+    operand that ptxas < 13.3 overwrites too early (and the check above would catch)."""
+    config = tk.kept_configs(kernel, torch.bfloat16, "ieee")[0]
+    compiled = aot.compile_for(kernel, config, torch.bfloat16, ints=CALL_INTS[kernel], ACC_DTYPE=tl.float32,
+                               INPUT_PRECISION="ieee", **{**VARIANT_CONSTEXPRS[kernel], "MASK_G": True})
+    (sass,) = machine_code.read_cubin(compiled.asm["cubin"])
+    assert sass.register_fed_wgmma > 0, sass.ops
 
 
 # ---- GPU: compiled kernels ---------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Opt-in: only with TWOLAYER_OPS_TRITON_TMA=1 in the environment when this module is imported (read
 once), and only where `eligible` says so; every other call runs the portable kernels of
 linear_relu.py unchanged. On an H200 (triton 3.6) the forward matched float64 and ran at 0.98x to
-1.06x cuBLAS; the backward kernels gave wrong, run-to-run different gradients, so they are off
-(BACKWARD) and the backward runs the portable kernels.
+1.06x cuBLAS. The backward kernels, which then masked g in registers, gave wrong, run-to-run
+different gradients (a ptxas hazard on register-fed wgmma: see linear_relu.mask_in_kernel). They now
+take g masked beforehand and read every operand from shared memory, like the forward; they stay off
+(BACKWARD) until a GPU run validates them, and the backward runs the portable kernels.
 
 The three kernels compute what the portable ones compute (the same fused epilogue, the same masked
 gradient, db without atomics), on another scheme:
@@ -20,12 +22,11 @@ gradient, db without atomics), on another scheme:
     element size its step was cut for, and only where its shared memory fits the device.
 
   forward  out[M, N] = relu(x[M, K] @ w[N, K]^T + b)     tile BLOCK_M x BLOCK_N, steps over K
-  grad x    dx[M, K] = mask(g)[M, N] @ w[N, K]            tile BLOCK_M x BLOCK_K, steps over N
-  grad w    dw[N, K] = mask(g)[M, N]^T @ x[M, K]          tile BLOCK_N x BLOCK_K, steps over M
-  grad b       db[N] = mask(g)[M, N]^T @ 1[M]              by the grad-w tiles of the first K column
+  grad x    dx[M, K] = gm[M, N] @ w[N, K]                 tile BLOCK_M x BLOCK_K, steps over N
+  grad w    dw[N, K] = gm[M, N]^T @ x[M, K]               tile BLOCK_N x BLOCK_K, steps over M
+  grad b       db[N] = gm[M, N]^T @ 1[M]                   by the grad-w tiles of the first K column
 
-mask(g) = (out <= 0 ? 0 : g) is applied to each g tile in registers, from the out tile loaded beside
-it, before the dot; NaN <= 0 is false, so NaN outputs pass their gradient.
+gm = mask(g) = (out <= 0 ? 0 : g), written by one elementwise pass before these kernels run.
 
 Eligibility (`eligible`), per kernel call: a CUDA tensor on a device of capability >= 9 whose shared
 memory holds one of the kernel's configs; fp16 or bf16, or float32 in the forward where its dot runs
@@ -59,10 +60,10 @@ except ImportError:  # a triton without host-side tensor descriptors: the portab
 # The kernels need host descriptors and tl.range(flatten=...), both in triton 3.6 and 3.8.
 HAS_TMA_API = TensorDescriptor is not None and "flatten" in inspect.signature(tl.range.__init__).parameters
 ENABLED = os.environ.get("TWOLAYER_OPS_TRITON_TMA", "0") == "1"  # read once, at import
-# The backward kernels gave wrong gradients (relative errors 0.02 to 0.14) that changed from run to
-# run on an H200 with triton 3.6 (2026-11-27), while the interpreter matches float64: a race in the
-# compiled code, not yet found. So the backward runs the portable kernels; the GPU tests set this to
-# run the TMA backward kernels again.
+# The backward kernels, masking g in registers, gave wrong gradients (relative errors 0.02 to 0.14)
+# that changed from run to run on an H200 with triton 3.6 (2026-11-27): the register-fed wgmma
+# hazard of linear_relu.mask_in_kernel. Rewritten to read a pre-masked g, not yet run on a GPU; until
+# then the backward runs the portable kernels, and the GPU tests set this to run these.
 BACKWARD = False
 
 TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float32 only as TF32, see eligible()
@@ -82,9 +83,7 @@ FWD_TILES = [
     (128, 128, 32, 8, 4, True, False),
     (128, 128, 32, 4, 4, True, False),
 ]
-# The backward kernels run fp16/bf16 only (see eligible()), so their steps are 64 elements. They
-# stage two row-tiles (g and out) per step; the pipeliner keeps one buffer fewer of those two than
-# of the column tile (they pass through registers for the mask), which the estimate ignores.
+# The backward kernels run fp16/bf16 only (see eligible()), so their steps are 64 elements.
 DX_TILES = [
     (128, 256, 64, 8, 3, True, True),
     (128, 128, 64, 8, 4, True, False),
@@ -120,14 +119,12 @@ FWD = dict(
     descs={"x_desc": ("BLOCK_M", "BLOCK_K"), "w_desc": ("BLOCK_N", "BLOCK_K"), "out_desc": ("BLOCK_M", "BLOCK_N")},
 )
 DX = dict(
-    rows="BLOCK_M", cols="BLOCK_K", step="BLOCK_N", a_loads=2,
-    descs={"g_desc": ("BLOCK_M", "BLOCK_N"), "o_desc": ("BLOCK_M", "BLOCK_N"), "w_desc": ("BLOCK_N", "BLOCK_K"),
-           "dx_desc": ("BLOCK_M", "BLOCK_K")},
+    rows="BLOCK_M", cols="BLOCK_K", step="BLOCK_N", a_loads=1,
+    descs={"g_desc": ("BLOCK_M", "BLOCK_N"), "w_desc": ("BLOCK_N", "BLOCK_K"), "dx_desc": ("BLOCK_M", "BLOCK_K")},
 )
 DW = dict(
-    rows="BLOCK_N", cols="BLOCK_K", step="BLOCK_M", a_loads=2,
-    descs={"g_desc": ("BLOCK_M", "BLOCK_N"), "o_desc": ("BLOCK_M", "BLOCK_N"), "x_desc": ("BLOCK_M", "BLOCK_K"),
-           "dw_desc": ("BLOCK_N", "BLOCK_K")},
+    rows="BLOCK_N", cols="BLOCK_K", step="BLOCK_M", a_loads=1,
+    descs={"g_desc": ("BLOCK_M", "BLOCK_N"), "x_desc": ("BLOCK_M", "BLOCK_K"), "dw_desc": ("BLOCK_N", "BLOCK_K")},
 )
 
 
@@ -255,16 +252,15 @@ def linear_relu_fwd_tma_kernel(
 @autotune(DX, DX_TILES, key=["M", "N", "K", "INPUT_PRECISION"])
 @triton.jit
 def linear_relu_dx_tma_kernel(
-    g_desc, o_desc, w_desc, dx_desc,
+    g_desc, w_desc, dx_desc,
     M, N, K,
     INPUT_PRECISION: tl.constexpr, DTYPE: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
     FLATTEN: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
 ):
-    """dx[m, k] = sum_n mask(g)[m, n] * w[n, k], persistent over BLOCK_M x BLOCK_K tiles of dx.
-
-    Each step loads the g and out tiles (BLOCK_M x BLOCK_N) and the w tile (BLOCK_N x BLOCK_K); g
-    is masked in registers and feeds the dot as its left operand."""
+    """dx[m, k] = sum_n gm[m, n] * w[n, k], persistent over BLOCK_M x BLOCK_K tiles of dx, from the
+    masked gradient gm. Each step loads a gm tile (BLOCK_M x BLOCK_N) and a w tile (BLOCK_N x
+    BLOCK_K), both fed to the dot from shared memory."""
     start = tl.program_id(0)
     num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
     num_pid_k = (K + BLOCK_K - 1) // BLOCK_K
@@ -280,8 +276,6 @@ def linear_relu_dx_tma_kernel(
         acc = tl.full((BLOCK_M, BLOCK_K), 0, dtype=tl.float32)
         for ns in range(n_steps):
             g = g_desc.load([off_m, ns * BLOCK_N])
-            o = o_desc.load([off_m, ns * BLOCK_N])
-            g = tl.where(o <= 0, 0.0, g)  # a NaN output passes its gradient, as NaN <= 0 is false
             w = w_desc.load([ns * BLOCK_N, off_k])
             acc = tl.dot(g, w, acc=acc, input_precision=INPUT_PRECISION)
 
@@ -302,19 +296,19 @@ def linear_relu_dx_tma_kernel(
 @autotune(DW, DW_TILES, key=["M", "N", "K", "COMPUTE_DB", "INPUT_PRECISION"])
 @triton.jit
 def linear_relu_dw_db_tma_kernel(
-    g_desc, o_desc, x_desc, dw_desc, db_ptr,
+    g_desc, x_desc, dw_desc, db_ptr,
     M, N, K, stride_db,
     COMPUTE_DB: tl.constexpr, INPUT_PRECISION: tl.constexpr, DTYPE: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
     FLATTEN: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
 ):
-    """dw[n, k] = sum_m mask(g)[m, n] * x[m, k] and db[n] = sum_m mask(g)[m, n], persistent over
-    BLOCK_N x BLOCK_K tiles of dw, grouped along N.
+    """dw[n, k] = sum_m gm[m, n] * x[m, k] and db[n] = sum_m gm[m, n], persistent over BLOCK_N x
+    BLOCK_K tiles of dw, grouped along N, from the masked gradient gm.
 
-    Each step loads the g and out tiles (BLOCK_M x BLOCK_N) and the x tile (BLOCK_M x BLOCK_K);
-    the masked g tile, transposed, is the dot's left operand. The tiles of the first K column also
-    sum their masked tiles over M into db as mask(g)^T @ 1 (a dot with a column of ones: one writer
-    per db entry, a fixed order, no atomics, so db is deterministic)."""
+    Each step loads a gm tile (BLOCK_M x BLOCK_N) and an x tile (BLOCK_M x BLOCK_K); the gm tile,
+    transposed in shared memory, is the dot's left operand. The tiles of the first K column also sum
+    their gm tiles over M into db as gm^T @ 1 (a dot with a column of ones: one writer per db entry,
+    a fixed order, no atomics, so db is deterministic)."""
     start = tl.program_id(0)
     num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     num_pid_k = (K + BLOCK_K - 1) // BLOCK_K
@@ -331,9 +325,7 @@ def linear_relu_dw_db_tma_kernel(
         acc = tl.full((BLOCK_N, BLOCK_K), 0, dtype=tl.float32)
         db = tl.full((BLOCK_N, 16), 0, dtype=tl.float32)
         for ms in range(m_steps):
-            g = g_desc.load([ms * BLOCK_M, off_n])
-            o = o_desc.load([ms * BLOCK_M, off_n])
-            g_t = tl.trans(tl.where(o <= 0, 0.0, g))
+            g_t = tl.trans(g_desc.load([ms * BLOCK_M, off_n]))
             x = x_desc.load([ms * BLOCK_M, off_k])
             acc = tl.dot(g_t, x, acc=acc, input_precision=INPUT_PRECISION)
             if COMPUTE_DB:
@@ -459,24 +451,24 @@ def forward(x, weight, bias, out, input_precision, runner=None):
     return out
 
 
-def grad_x(g, o, weight, dx, input_precision, runner=None):
-    """dx (M, K) = mask(g) @ weight, from g and the saved output o (M, N); all eligible()."""
-    (M, N), K = g.shape, weight.shape[1]
+def grad_x(gm, weight, dx, input_precision, runner=None):
+    """dx (M, K) = gm @ weight, from the masked gradient gm (M, N); all eligible()."""
+    (M, N), K = gm.shape, weight.shape[1]
     (runner or launch)(  # looked up per call, so tests can spy on launch
-        linear_relu_dx_tma_kernel, lambda m: cdiv(M, m["BLOCK_M"]) * cdiv(K, m["BLOCK_K"]), g.device,
-        descriptor(g), descriptor(o), descriptor(weight), descriptor(dx), M, N, K,
+        linear_relu_dx_tma_kernel, lambda m: cdiv(M, m["BLOCK_M"]) * cdiv(K, m["BLOCK_K"]), gm.device,
+        descriptor(gm), descriptor(weight), descriptor(dx), M, N, K,
         INPUT_PRECISION=input_precision,
     )
     return dx
 
 
-def grad_weight_bias(g, o, x, dw, db, input_precision, runner=None):
-    """dw (N, K) = mask(g)^T @ x and, where db is given, db (N,) = mask(g)^T @ 1; g, o, x, dw
-    eligible()."""
-    (M, N), K = g.shape, x.shape[1]
+def grad_weight_bias(gm, x, dw, db, input_precision, runner=None):
+    """dw (N, K) = gm^T @ x and, where db is given, db (N,) = gm^T @ 1, from the masked gradient gm
+    (M, N); gm, x, dw eligible()."""
+    (M, N), K = gm.shape, x.shape[1]
     (runner or launch)(  # looked up per call, so tests can spy on launch
-        linear_relu_dw_db_tma_kernel, lambda m: cdiv(N, m["BLOCK_N"]) * cdiv(K, m["BLOCK_K"]), g.device,
-        descriptor(g), descriptor(o), descriptor(x), descriptor(dw), db, M, N, K, db.stride(0) if db is not None else 0,
+        linear_relu_dw_db_tma_kernel, lambda m: cdiv(N, m["BLOCK_N"]) * cdiv(K, m["BLOCK_K"]), gm.device,
+        descriptor(gm), descriptor(x), descriptor(dw), db, M, N, K, db.stride(0) if db is not None else 0,
         COMPUTE_DB=db is not None, INPUT_PRECISION=input_precision,
     )
     return dw, db

@@ -5,8 +5,9 @@ relu_triton, relu_backward_triton): the native ops' schemas, fake kernels and C+
 The three GEMM kernels share one scheme: each program owns one output tile, walks the reduction
 dimension in BLOCK-sized steps with an fp32 accumulator (fp64 for float64), and programs are
 numbered in groups of GROUP_SIZE row-tiles, so that the programs running together reuse the same
-column of input tiles from L2. The masked gradient mask(g) = (out <= 0 ? 0 : g) is never written
-to memory: both backward kernels apply it to the tiles of g as they load them.
+column of input tiles from L2. Both backward kernels apply the mask, mask(g) = (out <= 0 ? 0 : g),
+to the tiles of g as they load them, except for the tensor-core dots of a Hopper GPU: there one
+elementwise pass writes mask(g) first and the kernels read it (see mask_in_kernel).
 
   forward  out[M, N] = relu(x[M, K] @ w[N, K]^T + b)    tile BLOCK_M x BLOCK_N, steps over K
   grad x    dx[M, K] = mask(g)[M, N] @ w[N, K]           tile BLOCK_M x BLOCK_K, steps over N
@@ -37,8 +38,8 @@ hopper.ENABLED), CUDA tensors on a device of capability >= 9 run the persistent 
 kernel of hopper.py for the forward instead (fp16, bf16 and TF32 float32), wherever every operand
 meets TMA's layout rules (hopper.eligible); each kernel call that is not eligible runs the portable
 kernel below, as do CPU tensors and a triton without host-side tensor descriptors. Its backward
-kernels are off (hopper.BACKWARD: wrong results on an H200), so the backward stays portable. The
-path stays opt-in until a GPU run shows it faster than the portable forward
+kernels are off (hopper.BACKWARD) until a GPU run validates them, so the backward stays portable.
+The path stays opt-in until a GPU run shows it faster than the portable forward
 (tests/test_triton_hopper.py, benchmarks/triton_tune.py).
 """
 import functools
@@ -219,19 +220,20 @@ def linear_relu_fwd_kernel(
     )
 
 
-@autotune("BLOCK_M", "BLOCK_K", "BLOCK_N", a_loads=2, key=["M", "N", "K", "INPUT_PRECISION"])
+@autotune("BLOCK_M", "BLOCK_K", "BLOCK_N", a_loads=2, key=["M", "N", "K", "MASK_G", "INPUT_PRECISION"])
 @triton.jit
 def linear_relu_dx_kernel(
     g_ptr, o_ptr, w_ptr, dx_ptr,
     M, N, K,
     stride_gm, stride_gn, stride_om, stride_on, stride_wn, stride_wk, stride_dxm, stride_dxk,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    MASK_G: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):
     """dx[m, k] = sum_n mask(g)[m, n] * w[n, k], where mask(g) = (out <= 0 ? 0 : g).
 
-    One program per BLOCK_M x BLOCK_K tile of dx, stepping over N by BLOCK_N; each g tile is masked
-    by the matching tile of the saved output as it loads. Grouped along M as in the forward."""
+    One program per BLOCK_M x BLOCK_K tile of dx, stepping over N by BLOCK_N. With MASK_G each g
+    tile is masked by the matching tile of the saved output as it loads; without, g comes masked
+    (see mask_in_kernel) and o is not read. Grouped along M as in the forward."""
     pid = tl.program_id(0)
     num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
     num_pid_k = (K + BLOCK_K - 1) // BLOCK_K
@@ -248,8 +250,9 @@ def linear_relu_dx_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         in_g = (offs_m[:, None] < M) & (offs_n[None, :] < N)
         g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=in_g, other=0.0)
-        o = tl.load(o_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, mask=in_g, other=0.0)
-        g = tl.where(o <= 0, 0.0, g)  # a NaN output passes its gradient, as NaN <= 0 is false
+        if MASK_G:
+            o = tl.load(o_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, mask=in_g, other=0.0)
+            g = tl.where(o <= 0, 0.0, g)  # a NaN output passes its gradient, as NaN <= 0 is false
         w = tl.load(
             w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
             mask=(offs_n[:, None] < N) & (offs_k[None, :] < K),
@@ -263,13 +266,15 @@ def linear_relu_dx_kernel(
     )
 
 
-@autotune("BLOCK_N", "BLOCK_K", "BLOCK_M", a_loads=2, key=["M", "N", "K", "COMPUTE_DW", "COMPUTE_DB", "INPUT_PRECISION"])
+@autotune("BLOCK_N", "BLOCK_K", "BLOCK_M", a_loads=2,
+          key=["M", "N", "K", "COMPUTE_DW", "COMPUTE_DB", "MASK_G", "INPUT_PRECISION"])
 @triton.jit
 def linear_relu_dw_db_kernel(
     g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
     M, N, K,
     stride_gm, stride_gn, stride_om, stride_on, stride_xm, stride_xk, stride_dwn, stride_dwk, stride_db,
-    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, MASK_G: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):
     """dw[n, k] = sum_m mask(g)[m, n] * x[m, k] and db[n] = sum_m mask(g)[m, n].
@@ -278,7 +283,8 @@ def linear_relu_dw_db_kernel(
     tile as the left operand; grouped along N. The programs of the first K tile also sum their
     masked tiles over M into db, as db = mask(g)^T @ 1: the gradient of a weight on an input that
     is always 1. Each db entry has one writer and a fixed summation order, so db is deterministic
-    without atomics. With COMPUTE_DW off the grid has one K tile and only db is computed."""
+    without atomics. With COMPUTE_DW off the grid has one K tile and only db is computed. MASK_G as
+    in linear_relu_dx_kernel."""
     pid = tl.program_id(0)
     num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     num_pid_k = (K + BLOCK_K - 1) // BLOCK_K if COMPUTE_DW else 1
@@ -298,8 +304,9 @@ def linear_relu_dw_db_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         in_g = (offs_n[:, None] < N) & (offs_m[None, :] < M)
         g_t = tl.load(g_ptr + offs_n[:, None] * stride_gn + offs_m[None, :] * stride_gm, mask=in_g, other=0.0)
-        o_t = tl.load(o_ptr + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om, mask=in_g, other=0.0)
-        g_t = tl.where(o_t <= 0, 0.0, g_t)
+        if MASK_G:
+            o_t = tl.load(o_ptr + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om, mask=in_g, other=0.0)
+            g_t = tl.where(o_t <= 0, 0.0, g_t)
         if COMPUTE_DW:
             x = tl.load(
                 x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -467,20 +474,41 @@ def reduction_contiguous(t):
     wants the dimension it sums over contiguous in memory: otherwise triton copies the tile 4 bytes
     at a time to lay it out for the tensor cores (seen in the sm_90 PTX of the backward kernels: 64
     to 128 4-byte cp.async per step, 16-byte only with this layout). The right operands need it
-    (weight for dX, x for dW); the left one, masked in registers, does not. One copy costs a pass
-    over t; at 4096^3 the TF32 backward ran at 31 TFLOP/s on an H200 without it."""
+    (weight for dX, x for dW), and dW's left one (g, summed over M) where it comes masked rather
+    than passing through registers. One copy costs a pass over t; at 4096^3 the TF32 backward ran
+    at 31 TFLOP/s on an H200 without it."""
     return t.t().contiguous().t()
 
 
-def grad_x(g, o, weight):
-    """dx (M, K) from g and the saved output o, both (M, N)."""
+def on_hopper(device):
+    """A CUDA device of compute capability 9.x (not ROCm, whose MI300 is also 9.x): its 16-bit and
+    TF32 dots compile to wgmma."""
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def mask_in_kernel(dtype, precision, hopper_device):
+    """Whether the backward kernels mask g's tiles as they load them (MASK_G), or take g masked by
+    one elementwise pass beforehand: the latter for the wgmma dots (16-bit, TF32) on Hopper.
+
+    There a tile masked in registers feeds wgmma as a register operand, and the ptxas that triton
+    3.6 and 3.8 ship (12.8, 12.9) lets the next step overwrite those registers while up to three
+    wgmma groups still read them (triton-lang/triton#9433, fixed in ptxas 13.3; seen in the sm_90
+    SASS of both backward kernels). On an H200 the TMA backward kernels gave wrong gradients that
+    changed from run to run. A g masked beforehand reaches the tensor cores from shared memory, as
+    the forward's operands do, for one more pass over M x N."""
+    wgmma = dtype in (torch.float16, torch.bfloat16) or precision == "tf32"
+    return not (hopper_device and wgmma)
+
+
+def grad_x(g, o, weight, mask_g):
+    """dx (M, K) from g and the saved output o, both (M, N); g comes masked unless mask_g."""
     (M, N), K = g.shape, weight.shape[1]
     dx = g.new_empty((M, K))
     if N == 0:  # an empty sum
         return dx.zero_()
     precision = input_precision(g)
-    if M and K and hopper.eligible(hopper.linear_relu_dx_tma_kernel, precision, g, o, weight, dx):
-        hopper.grad_x(g, o, weight, dx, precision)
+    if M and K and not mask_g and hopper.eligible(hopper.linear_relu_dx_tma_kernel, precision, g, weight, dx):
+        hopper.grad_x(g, weight, dx, precision)
     elif M and K:
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_K"]),)
@@ -491,13 +519,13 @@ def grad_x(g, o, weight):
             linear_relu_dx_kernel, g.device, grid,
             g, o, weight, dx, M, N, K,
             *g.stride(), *o.stride(), *weight.stride(), *dx.stride(),
-            ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=precision,
+            MASK_G=mask_g, ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=precision,
         )
     return dx
 
 
-def grad_weight_bias(g, o, x2, want_w, want_b):
-    """(dw, db) from one kernel, None for the one not wanted."""
+def grad_weight_bias(g, o, x2, want_w, want_b, mask_g):
+    """(dw, db) from one kernel, None for the one not wanted; g comes masked unless mask_g."""
     (M, N), K = g.shape, x2.shape[1]
     dw = g.new_empty((N, K)) if want_w else None
     db = g.new_empty((N,)) if want_b else None
@@ -505,20 +533,23 @@ def grad_weight_bias(g, o, x2, want_w, want_b):
         return dw.zero_() if want_w else None, db.zero_() if want_b else None
     compute_dw = want_w and K > 0
     precision = input_precision(g)
-    if N and compute_dw and hopper.eligible(hopper.linear_relu_dw_db_tma_kernel, precision, g, o, x2, dw):
-        hopper.grad_weight_bias(g, o, x2, dw, db, precision)
+    if N and compute_dw and not mask_g and hopper.eligible(hopper.linear_relu_dw_db_tma_kernel, precision, g, x2, dw):
+        hopper.grad_weight_bias(g, x2, dw, db, precision)
     elif N and (compute_dw or want_b):
         def grid(meta):
             return (triton.cdiv(N, meta["BLOCK_N"]) * (triton.cdiv(K, meta["BLOCK_K"]) if compute_dw else 1),)
 
-        if precision == "tf32" and compute_dw:  # the dot sums over M: x's rows (g, out: registers)
+        if precision == "tf32" and compute_dw:  # the dot sums over M: x's rows, and g's unless masked in registers
             x2 = reduction_contiguous(x2)
+            if not mask_g:
+                g = reduction_contiguous(g)
         launch(
             linear_relu_dw_db_kernel, g.device, grid,
             g, o, x2, dw, db, M, N, K,
             *g.stride(), *o.stride(), *x2.stride(),
             *(dw.stride() if want_w else (0, 0)), db.stride(0) if want_b else 0,
-            COMPUTE_DW=compute_dw, COMPUTE_DB=want_b, ACC_DTYPE=acc_dtype(g.dtype), INPUT_PRECISION=precision,
+            COMPUTE_DW=compute_dw, COMPUTE_DB=want_b, MASK_G=mask_g, ACC_DTYPE=acc_dtype(g.dtype),
+            INPUT_PRECISION=precision,
         )
     return dw, db
 
@@ -529,8 +560,11 @@ def linear_relu_backward(grad_out, out, x, weight, output_mask):
     want_x, want_w, want_b = output_mask
     (N, K), M = weight.shape, math.prod(x.shape[:-1])
     g, o = grad_out.reshape(M, N), out.reshape(M, N)
-    dx = grad_x(g, o, weight).view(x.shape) if want_x else None
-    dw, db = grad_weight_bias(g, o, x.reshape(M, K), want_w, want_b) if want_w or want_b else (None, None)
+    mask_g = mask_in_kernel(x.dtype, input_precision(x), on_hopper(x.device))
+    if not mask_g and g.numel():
+        g = relu_backward(g, o)
+    dx = grad_x(g, o, weight, mask_g).view(x.shape) if want_x else None
+    dw, db = grad_weight_bias(g, o, x.reshape(M, K), want_w, want_b, mask_g) if want_w or want_b else (None, None)
     # Unrequested gradients are empty (0,) tensors, one each: outputs must not alias.
     return tuple(x.new_empty(0) if grad is None else grad for grad in (dx, dw, db))
 
