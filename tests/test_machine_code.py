@@ -33,6 +33,7 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
         assert k.ops["UTMALDG"] > 0, f"{k.name}: no UTMALDG, so its tiles are not loaded by TMA"
         assert k.ops["USETMAXREG"] >= 2, f"{k.name}: producer and consumers do not split the registers"
         assert k.ops["HMMA"] == 0, f"{k.name}: has mma.sync (HMMA) besides wgmma"
+        assert k.register_fed_wgmma == 0, f"{k.name}: a wgmma reads its A operand from registers"
 
 
 def test_no_local_memory_in_the_hopper_and_fused_step_kernels(sm90a):
