@@ -99,7 +99,8 @@ case $stage in
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
     # The native backtrace of the segfault this test hit on the H200 (2026-11-27), if it still does (the
     # test's own pass or failure is the tests step's; this step only logs).
-    step crash_backtrace 90 bash -c 'cuda-gdb -q -batch -ex run -ex bt --args "$0" -m pytest -q -p no:xdist \
+    step crash_backtrace 90 bash -c 'gdb=$(command -v cuda-gdb || command -v gdb) || { echo "no cuda-gdb or gdb"; exit 0; }
+      "$gdb" -q -batch -ex run -ex bt --args "$0" -m pytest -q -p no:xdist \
       -p no:cacheprovider tests/test_fused_step_cuda.py::test_bad_dtype_and_device_raise; exit 0' "$PY"
     summarize_tests
     echo; grep -E "^#[0-9]+ |SIGSEGV|passed|failed" "$logs/crash_backtrace.log" | head -30

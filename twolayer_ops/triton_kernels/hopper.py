@@ -32,12 +32,14 @@ Eligibility (`eligible`), per kernel call: a CUDA tensor on a device of capabili
 memory holds one of the kernel's configs; fp16 or bf16, or float32 in the forward where its dot runs
 as TF32 (torch.backends.cuda.matmul.allow_tf32); every operand and result 2-D with unit last stride,
 its other stride a multiple of 16 bytes and its base 16-byte aligned (TMA's rules), no dimension
-empty. The kernels follow the interpreter-twin rules of linear_relu.py (builtins only, no
+empty; the backward kernels only where linear_relu masked g first (capability 9, BACKWARD on).
+The kernels follow the interpreter-twin rules of linear_relu.py (builtins only, no
 @triton.jit helpers), so CPU tests run them through Triton's interpreter, which takes host-side
 descriptors in 3.6 and 3.8; production CPU tensors never come here.
 
 Compiled for sm_90 without a GPU (compile_for; `python -m benchmarks.triton_tune --compile`), every
-kept config uses wgmma and TMA loads and stores, with triton 3.6 and 3.8 alike. Not used, found so:
+kept config uses wgmma with both operands in shared memory, and TMA loads and stores, with triton
+3.6 and 3.8 alike. Not used, found so:
 tl.range(warp_specialize=True) compiles but is ignored on sm_90 by both versions (no warp
 specialization, no setmaxnreg in the output); flatten=True together with db's `if` fails to compile.
 """
