@@ -73,8 +73,15 @@ struct PolicyFor<c10::BFloat16> {
   using type = WmmaPolicy<c10::BFloat16>;
 };
 
+// Blocks per SM that the register budget must allow. Two for the SIMT kernels that fit 128
+// registers without spilling (ptxas, sm_90a: float32 forward and dX, which alone took 169 and 127;
+// every float64 one): a second resident block computes through the first one's barriers and loads.
+// Not for float32 dW, whose db row sums would spill in the k-loop, nor for the WMMA kernels.
 template <typename T, int MODE>
-__global__ void __launch_bounds__(256) gemm_kernel(const GemmArgs g) {
+constexpr int kMinBlocksPerSm = (std::is_same_v<T, float> && MODE != 2) || std::is_same_v<T, double> ? 2 : 1;
+
+template <typename T, int MODE>
+__global__ void __launch_bounds__(256, kMinBlocksPerSm<T, MODE>) gemm_kernel(const GemmArgs g) {
   gemm_body<T, MODE>(g);
 }
 
