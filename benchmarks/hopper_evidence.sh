@@ -7,7 +7,8 @@
 # 2. a quick correctness check of the sm90 path (relative error vs float64 on sampled rows);
 # 3. timings in one run, triton.testing.do_bench medians: the sm90 path, the portable native kernels,
 #    cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager PyTorch, bf16 8192x4096 -> 4096,
-#    forward and forward + backward; plus the masking pass's bytes timed as torch.where (the cost of
+#    forward and forward + backward; the sm90 forward under each group height of its persistent order
+#    (set_group_m: 1 to 64 tile-rows); plus the masking pass's bytes timed as torch.where (the cost of
 #    writing the masked gradient once). Prints a short table last. About a minute of GPU time once built.
 # Builds the extension first (into OUT_DIR/build.log) only when twolayer_ops._C is not importable.
 set -uo pipefail
@@ -97,6 +98,13 @@ for mode, nat, mm in (
             row("eager linear+relu", mode, lambda: torch.relu(F.linear(x, w, b)))
     else:
         row("eager linear+relu", mode, lambda: torch.autograd.grad(torch.relu(F.linear(x, w, b)), (x, w, b), go))
+# The persistent order's group height (tile-rows that sweep the columns together; default 16).
+sm90.set_mode(1)
+for group_m in (1, 2, 4, 8, 16, 32, 64):
+    sm90.set_group_m(group_m)
+    row(f"sm90 group_m={group_m}", "fwd", native_fwd)
+sm90.set_group_m(0)
+sm90.set_mode(-1)
 row("mask pass proxy: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_saved <= 0, 0, go))
 sm90.set_mode(1)
 row("sm90 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(go, out_saved, x.detach(), w.detach(), [True, True, True]))

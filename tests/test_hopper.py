@@ -272,6 +272,10 @@ def test_introspection_ops_without_a_gpu_run():
     ops.set_mode(0)
     assert ops.info()[0] == 0
     ops.set_mode(-1)
+    with pytest.raises(RuntimeError, match="set_group_m: 0 .the default, 16. or a tile-row count"):
+        ops.set_group_m(-1)
+    ops.set_group_m(8)
+    ops.set_group_m(0)
 
 
 if __name__ == "__main__":

@@ -518,6 +518,7 @@ __global__ void sm90_db_kernel(const float* partial, int64_t R, int64_t N, uint1
 // ---- host side ------------------------------------------------------------------------------------------
 
 std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (set_mode)
+std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
@@ -629,7 +630,8 @@ void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int d
   a.tiles_m = (a.M + kBM - 1) / kBM;
   a.tiles_n = (a.N + kBN - 1) / kBN;
   a.k_blocks = (a.K + kBK - 1) / kBK;
-  a.group_m = kGroupM;
+  const int group_m = g_group_m.load(std::memory_order_relaxed);
+  a.group_m = group_m > 0 ? group_m : kGroupM;
   const int tiles = a.tiles_m * a.tiles_n;
   static std::atomic<int> sms[kMaxDevices];  // multiprocessor counts, 0 until read
   int n_sms = sms[device].load();
@@ -706,6 +708,12 @@ void set_mode_op(int64_t mode) {
   TORCH_CHECK(mode >= -1 && mode <= 1, "twolayer_ops_sm90.set_mode: mode must be -1 (env), 0 (off) or 1 (on), got ",
               mode);
   g_mode.store(int(mode));
+}
+
+void set_group_m_op(int64_t group_m) {
+  TORCH_CHECK(group_m >= 0 && group_m <= 4096, "twolayer_ops_sm90.set_group_m: 0 (the default, ", kGroupM,
+              ") or a tile-row count up to 4096, got ", group_m);
+  g_group_m.store(int(group_m));
 }
 
 }  // namespace
@@ -789,7 +797,10 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls];
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
+// torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
+// (a tuning knob: benchmarks/hopper_evidence.sh sweeps it).
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
+  m.def("set_group_m(int group_m) -> ()", &twolayer_ops::sm90::set_group_m_op);
 }

@@ -14,7 +14,9 @@
 //     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
 //     writes is read by TMA); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls]
-// (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device) for tests and benchmarks.
+// (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device) for tests and benchmarks;
+// torch.ops.twolayer_ops_sm90.set_group_m(g) sets the persistent tile order's group height (0: the
+// default, 16), for tuning sweeps.
 #pragma once
 
 #include <ATen/core/Tensor.h>
