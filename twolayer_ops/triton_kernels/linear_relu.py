@@ -561,7 +561,7 @@ def linear_relu_backward(grad_out, out, x, weight, output_mask):
     (N, K), M = weight.shape, math.prod(x.shape[:-1])
     g, o = grad_out.reshape(M, N), out.reshape(M, N)
     mask_g = mask_in_kernel(x.dtype, input_precision(x), on_hopper(x.device))
-    if not mask_g and g.numel():
+    if not mask_g and g.numel() and any(output_mask):
         g = relu_backward(g, o)
     dx = grad_x(g, o, weight, mask_g).view(x.shape) if want_x else None
     dw, db = grad_weight_bias(g, o, x.reshape(M, K), want_w, want_b, mask_g) if want_w or want_b else (None, None)
