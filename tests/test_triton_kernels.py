@@ -75,6 +75,20 @@ def cpu_launches(monkeypatch):
     return launches
 
 
+@pytest.fixture
+def launch_args(monkeypatch):
+    """Records the tensor and integer arguments of every launch, by kernel name, then launches."""
+    launched = {}
+    real = tk.launch
+
+    def spy(kernel, device, grid, *args, **meta):
+        launched[tk.python_function(kernel).__name__] = args
+        return real(kernel, device, grid, *args, **meta)
+
+    monkeypatch.setattr(tk, "launch", spy)
+    return launched
+
+
 def test_cpu_backend_listed_where_the_interpreter_runs():
     assert ("triton" in available_backends("cpu")) == tk.INTERPRETER_RUNS
     assert tk.supports("cpu", torch.float64) == tk.supports("cpu", torch.float32) == tk.INTERPRETER_RUNS
@@ -140,24 +154,16 @@ def test_backward_launches_only_what_output_mask_asks(cpu_launches, mask, expect
 
 
 @needs_interpreter
-def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch):
+def test_tf32_backward_reads_reduction_contiguous_copies(monkeypatch, launch_args):
     """With TF32 dots (CUDA only; forced here, which the interpreter computes exactly) the backward
     kernels get right operands whose summed dimension is contiguous: weight's rows for dX, x's for
     dW. Same results."""
     monkeypatch.setattr(tk, "input_precision", lambda t: "tf32")
-    launched = {}
-    real = tk.launch
-
-    def spy(kernel, device, grid, *args, **meta):
-        launched[tk.python_function(kernel).__name__] = args[:3]
-        return real(kernel, device, grid, *args, **meta)
-
-    monkeypatch.setattr(tk, "launch", spy)
     x, w, b = inputs(9, 70, 67)
     grad, out = backward_op_inputs(x, w, b)
     got = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
-    assert launched["linear_relu_dx_kernel"][2].stride() == (1, 67)
-    assert launched["linear_relu_dw_db_kernel"][2].stride() == (1, 9)
+    assert launch_args["linear_relu_dx_kernel"][2].stride() == (1, 67)
+    assert launch_args["linear_relu_dw_db_kernel"][2].stride() == (1, 9)
     for g, r in zip(got, BACKENDS["torch"].linear_relu_backward(grad, out, x, w, [True, True, True])):
         assert_close_to_ref(g, r, torch.float64)
 
@@ -180,28 +186,22 @@ def test_mask_goes_before_the_kernels_only_for_hopper_wgmma(dtype, precision, ho
 
 
 @needs_interpreter
-def test_hopper_backward_reads_a_premasked_gradient(monkeypatch, cpu_launches):
+def test_hopper_backward_reads_a_premasked_gradient(monkeypatch, cpu_launches, launch_args):
     """The backward as a Hopper GPU runs its TF32 dots (forced here; the interpreter computes them
     exactly): one masking pass, then both kernels without MASK_G, dW's on a copy of the masked
     gradient with M contiguous. NaN outputs pass their gradient and zero outputs stop it, as in the
     float64 reference."""
     monkeypatch.setattr(tk, "on_hopper", lambda device: True)
     monkeypatch.setattr(tk, "input_precision", lambda t: "tf32")
-    strides = []
-    real = tk.launch
-
-    def spy(kernel, device, grid, *args, **meta):
-        strides.append(args[0].stride())
-        return real(kernel, device, grid, *args, **meta)
-
-    monkeypatch.setattr(tk, "launch", spy)
     x, w, b = special_inputs(torch.float64)
     out = linear_relu_ref(x, w, b)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     got = ops.linear_relu_backward_triton(grad, out, x, w, [True, True, True])
     assert [(name, meta.get("MASK_G")) for name, meta in cpu_launches] == [
         ("relu_backward_kernel", None), ("linear_relu_dx_kernel", False), ("linear_relu_dw_db_kernel", False)]
-    assert strides[1:] == [(130, 1), (1, 70)]  # dX reads the masked gradient as written, dW a transposed copy
+    # dX reads the masked gradient as written, dW a transposed copy
+    assert launch_args["linear_relu_dx_kernel"][0].stride() == (130, 1)
+    assert launch_args["linear_relu_dw_db_kernel"][0].stride() == (1, 70)
     want = BACKENDS["torch"].linear_relu_backward(grad, out, x, w, [True, True, True])
     for name, g, r in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         assert_close_to_ref(g, r, torch.float64, name)
