@@ -51,7 +51,7 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
   check_step_args(x, y, params, grads, state, optimizer);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "two_layer_step: the CPU step supports float32 and float64, got ", x.scalar_type());
-  TORCH_CHECK(!update || optimizer != "adam" || step >= 1, "two_layer_step: Adam's step count starts at 1, got ", step);
+  check_adam_step(optimizer, step, update);
   const at::Tensor &w1 = params[0], &b1 = params[1], &w2 = params[2], &b2 = params[3];
   const int64_t n = x.size(0), hidden = w1.size(0), d_out = w2.size(0);
   at::Tensor loss = at::empty({}, x.options());

@@ -48,6 +48,11 @@ inline void check_step_args(const at::Tensor& x, const at::Tensor& y, at::Tensor
     for (const auto& t : lists) TORCH_CHECK(t.is_contiguous(), "two_layer_step: parameters, gradients and state must be contiguous");
 }
 
+// A single step's Adam count: torch.optim's bias correction divides by 1 - beta^step.
+inline void check_adam_step(const std::string& optimizer, int64_t step, bool update) {
+  TORCH_CHECK(!update || optimizer != "adam" || step >= 1, "two_layer_step: Adam's step count starts at 1, got ", step);
+}
+
 inline void check_train_args(int64_t calls_done, int64_t steps, int64_t accumulation_steps) {
   TORCH_CHECK(steps >= 0 && calls_done >= 0, "two_layer_train: steps and calls_done must be >= 0, got ", steps, " and ",
               calls_done);

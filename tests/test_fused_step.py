@@ -140,7 +140,7 @@ def test_bad_configuration(make, error, message):
         make(net)
 
 
-def test_bad_sizes_and_dtypes():
+def test_bad_arguments():
     x, y, net = small_net("cpu", torch.float32)
     step = FusedTwoLayerStep(*two_layers(net), "sgd", lr=1e-3)
     with pytest.raises(RuntimeError, match="w1 has shape"):
@@ -151,6 +151,11 @@ def test_bad_sizes_and_dtypes():
         step(x.double(), y.double())
     with pytest.raises(RuntimeError, match="CPU step supports float32 and float64"):
         FusedTwoLayerStep(*two_layers(copy.deepcopy(net).half()), "sgd", lr=1e-3)(x.half(), y.half())
+    adam = FusedTwoLayerStep(*two_layers(net), "adam", lr=1e-3)
+    args = (x, y, [p.detach() for p in adam.params], adam.grads, adam.state, "adam", 1e-3, 0.0, 0.9, 0.999, 1e-8)
+    with pytest.raises(RuntimeError, match="Adam's step count starts at 1, got 0"):
+        torch.ops.twolayer_ops.two_layer_step(*args, 0, 1.0, True)
+    torch.ops.twolayer_ops.two_layer_step(*args, 0, 1.0, False)  # accumulating only: no count needed
 
 
 def test_recipe_rejects_fused_step_with_ddp():

@@ -290,7 +290,7 @@ at::Tensor two_layer_step_cuda(const at::Tensor& x, const at::Tensor& y, at::Ten
                                double beta1, double beta2, double eps, int64_t step, double loss_scale, bool update) {
   const std::string optimizer(optimizer_view);
   check_step_args(x, y, params, grads, state, optimizer);
-  TORCH_CHECK(!update || optimizer != "adam" || step >= 1, "two_layer_step: Adam's step count starts at 1, got ", step);
+  check_adam_step(optimizer, step, update);
   at::Tensor loss = at::empty({}, x.options());
   run_fused(x, y, params, grads, state, optimizer, lr, momentum, beta1, beta2, eps, 1, /*single=*/true, update, step,
             0, 1, loss_scale, loss);
