@@ -71,15 +71,18 @@ struct GemmArgs {
   int c_vec = 0;  // C rows may be written as aligned 16-byte vectors
 };
 
-// Loads a D0 x D1 tile of an operand into registers (VEC-element chunks, zero-filled beyond the
-// E0 x E1 extents, masked if MASK) and stores it to shared memory sm[i0 * LD + i1] (SMC == 1)
-// or sm[i1 * LD + i0] (SMC == 0).
-template <typename E, int D0, int D1, int NT, int SMC, int LD, bool MASK>
+// Loads D0 x D1 tiles of an operand, one K-tile after another, into registers (VEC-element chunks,
+// zero-filled beyond the extents, masked if MASK), and stores them to shared memory sm[i0 * LD + i1]
+// (SMC == 1) or sm[i1 * LD + i0] (SMC == 0). KAXIS is the tile axis that runs along K. begin() puts
+// each chunk at an output tile's first K-tile and load() steps it one K-tile on, so the main loop
+// adds one stride per chunk rather than recomputing 64-bit addresses and bounds.
+template <typename E, int D0, int D1, int NT, int SMC, int LD, bool MASK, int KAXIS>
 struct TileLoader {
   using raw = typename E::raw;
   using vec = typename E::vec;
   static constexpr int VEC = E::VEC;
   static constexpr int CH = D0 * D1 / (VEC * NT);
+  static constexpr int DK = KAXIS == 0 ? D0 : D1;
   static_assert(D0 % VEC == 0 && D1 % VEC == 0 && CH * VEC * NT == D0 * D1, "tile does not split into chunks");
   static_assert(LD % VEC == 0, "shared rows must stay 16-byte aligned");
   union Chunk {
@@ -87,6 +90,10 @@ struct TileLoader {
     raw r[VEC];
   };
   Chunk c[CH];
+  int64_t off[CH];                    // each chunk's first element at the next K-tile: p[off]
+  [[maybe_unused]] int64_t moff[CH];  // the same in the mask, mp[moff] (MASK only)
+  int room[CH];                       // how many of the chunk's elements are in range off the K axis
+  bool whole;                         // every chunk is in range off the K axis and vector-loadable
 
   __device__ __forceinline__ static void coords(int ci, int fast, int& i0, int& i1) {
     if (fast) {
@@ -99,33 +106,69 @@ struct TileLoader {
   }
   __device__ __forceinline__ static int sidx(int i0, int i1) { return SMC == 1 ? i0 * LD + i1 : i1 * LD + i0; }
 
-  __device__ __forceinline__ static void fetch(Chunk& ch, const raw* p, int64_t s0, int64_t s1, int64_t g0,
-                                               int64_t g1, int64_t E0, int64_t E1, int fast, int vec_ok) {
-    const bool full = fast ? (g0 < E0 && g1 + VEC <= E1) : (g1 < E1 && g0 + VEC <= E0);
-    if (vec_ok && full) {
-      ch.v = *reinterpret_cast<const vec*>(p + g0 * s0 + g1 * s1);
-    } else {
+  // Element v of a chunk is p[off + v * sf]; it is in range if v < room and its K coordinate is
+  // below K: kroom (K minus the chunk's first K coordinate) > v along K (kfast), or > 0 off it.
+  __device__ __forceinline__ static void fetch(Chunk& ch, const raw* p, int64_t off, int64_t sf, int room,
+                                               int64_t kroom, bool kfast) {
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        const int64_t a0 = g0 + (fast ? 0 : v), a1 = g1 + (fast ? v : 0);
-        ch.r[v] = (a0 < E0 && a1 < E1) ? p[a0 * s0 + a1 * s1] : raw(0);
-      }
-    }
+    for (int v = 0; v < VEC; ++v) ch.r[v] = v < room && (kfast ? v : 0) < kroom ? p[off + v * sf] : raw(0);
   }
 
-  __device__ __forceinline__ void load(const Opnd& op, int64_t o0, int64_t o1, int64_t E0, int64_t E1, int tid) {
+  __device__ __forceinline__ static void apply_mask(Chunk& ch, const Chunk& m) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      if (le0<E>(m.r[v])) ch.r[v] = raw(0);  // out-of-range mask entries read 0: the value is 0 already
+  }
+
+  // Places the chunks at K = 0 of the output tile whose non-K coordinates start at o (of extent).
+  __device__ __forceinline__ void begin(const Opnd& op, int64_t o, int64_t extent, int tid) {
+    whole = op.vec && (!MASK || op.mvec);
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
       int i0, i1;
       coords(tid + k * NT, op.fast, i0, i1);
-      fetch(c[k], static_cast<const raw*>(op.p), op.s0, op.s1, o0 + i0, o1 + i1, E0, E1, op.fast, op.vec);
-      if constexpr (MASK) {
-        Chunk m;  // out-of-range mask entries read 0, which masks the (already zero) value
-        fetch(m, static_cast<const raw*>(op.mp), op.ms0, op.ms1, o0 + i0, o1 + i1, E0, E1, op.fast, op.mvec);
+      const int64_t g0 = KAXIS == 0 ? i0 : o + i0, g1 = KAXIS == 0 ? o + i1 : i1;
+      const int64_t left = extent - (KAXIS == 0 ? g1 : g0);
+      room[k] = op.fast == KAXIS ? (left > 0 ? VEC : 0) : int(left <= 0 ? 0 : left < VEC ? left : VEC);
+      whole = whole && room[k] == VEC;
+      off[k] = g0 * op.s0 + g1 * op.s1;
+      if constexpr (MASK) moff[k] = g0 * op.ms0 + g1 * op.ms1;
+    }
+  }
+
+  // Loads the K-tile that starts at k0 (the one the chunks are at) and steps them to the next. In
+  // a K-tile that ends by K, a whole chunk is in range along K too (VEC divides DK and the chunk's
+  // K offset), so the common case is one test, then one vector load per chunk.
+  __device__ __forceinline__ void load(const Opnd& op, int64_t k0, int64_t K, int tid) {
+    if (whole && k0 + DK <= K) {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v)
-          if (le0<E>(m.r[v])) c[k].r[v] = raw(0);
+      for (int k = 0; k < CH; ++k) {
+        c[k].v = *reinterpret_cast<const vec*>(static_cast<const raw*>(op.p) + off[k]);
+        if constexpr (MASK) {
+          Chunk m;
+          m.v = *reinterpret_cast<const vec*>(static_cast<const raw*>(op.mp) + moff[k]);
+          apply_mask(c[k], m);
+        }
       }
+    } else {
+      const bool kfast = op.fast == KAXIS;
+#pragma unroll
+      for (int k = 0; k < CH; ++k) {
+        int i0, i1;
+        coords(tid + k * NT, op.fast, i0, i1);
+        const int64_t kroom = K - k0 - (KAXIS == 0 ? i0 : i1);
+        fetch(c[k], static_cast<const raw*>(op.p), off[k], op.fast ? op.s1 : op.s0, room[k], kroom, kfast);
+        if constexpr (MASK) {
+          Chunk m;
+          fetch(m, static_cast<const raw*>(op.mp), moff[k], op.fast ? op.ms1 : op.ms0, room[k], kroom, kfast);
+          apply_mask(c[k], m);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      off[k] += DK * (KAXIS == 0 ? op.s0 : op.s1);
+      if constexpr (MASK) moff[k] += DK * (KAXIS == 0 ? op.ms0 : op.ms1);
     }
   }
 
@@ -373,8 +416,8 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
   raw* const As = reinterpret_cast<raw*>(smem);
   raw* const Bs = As + 2 * P::A_STAGE;
 
-  TileLoader<E, BM, BK, NT, P::A_SMC, P::LDA, MASK> la;
-  TileLoader<E, BK, BN, NT, P::B_SMC, P::LDB, false> lb;
+  TileLoader<E, BM, BK, NT, P::A_SMC, P::LDA, MASK, 1> la;
+  TileLoader<E, BK, BN, NT, P::B_SMC, P::LDB, false, 0> lb;
   const int tid = threadIdx.x;
   const bool do_mma = g.c != nullptr;
   const int64_t mt = (g.M + BM - 1) / BM, nt = do_mma ? (g.N + BN - 1) / BN : 1;
@@ -388,8 +431,12 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
     if (do_mma) P::zero(acc);
 
     if (nk > 0) {
-      la.load(g.a, m0, 0, g.M, g.K, tid);
-      if (do_mma) lb.load(g.b, 0, n0, g.K, g.N, tid);
+      la.begin(g.a, m0, g.M, tid);
+      la.load(g.a, 0, g.K, tid);
+      if (do_mma) {
+        lb.begin(g.b, n0, g.N, tid);
+        lb.load(g.b, 0, g.K, tid);
+      }
       la.store(As, g.a.fast, tid);
       if (do_mma) lb.store(Bs, g.b.fast, tid);
     }
@@ -401,8 +448,8 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       const raw* Bc = Bs + cur * P::B_STAGE;
       const bool next = kt + 1 < nk;
       if (next) {
-        la.load(g.a, m0, (kt + 1) * BK, g.M, g.K, tid);
-        if (do_mma) lb.load(g.b, (kt + 1) * BK, n0, g.K, g.N, tid);
+        la.load(g.a, (kt + 1) * BK, g.K, tid);
+        if (do_mma) lb.load(g.b, (kt + 1) * BK, g.K, tid);
       }
       if constexpr (ROWSUM) {
         if (do_sum && tid < BM) {
