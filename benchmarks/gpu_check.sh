@@ -92,8 +92,9 @@ case $stage in
       step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
     done
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
-    # The default paths (the sm90 native path, the portable Triton kernels), then the Triton TMA forward.
-    step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" --modes fwd,fwdbwd \
+    # The default paths (the sm90 native path, the portable Triton kernels; with the native TF32 forward,
+    # still off by default, switched on for its tf32 row), then the Triton TMA forward.
+    step kernels 120 env TWOLAYER_OPS_SM90_TF32=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" --modes fwd,fwdbwd \
       --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"

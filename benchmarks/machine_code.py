@@ -17,14 +17,14 @@ import subprocess
 import tempfile
 
 COUNTED = ("HGMMA", "HMMA", "UTMALDG", "USETMAXREG", "FFMA", "DFMA", "LDL", "STL")
-_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?(.*)")
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Za-z0-9_.]+)?(.*)")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _REGISTER_A = re.compile(r"\sR\d+, R\d+, gdesc")  # HGMMA ... D, A, B: A a register, not in the gdesc
 
 
 @dataclasses.dataclass
 class Kernel:
-    name: str  # demangled, without namespaces and parameters: sm90_gemm_kernel<true, 1, 1, false>
+    name: str  # demangled, without namespaces and parameters: sm90_gemm_kernel<1, 1, 1, false>
     mangled: str
     arch: str
     regs: int = 0
@@ -32,6 +32,7 @@ class Kernel:
     local: int = 0
     shared: int = 0
     ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # opcode -> count
+    mnemonics: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # HGMMA.64x256x8.F32.TF32 -> count
     hot_loop_ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # the same, in the math loops
     code: list = dataclasses.field(default_factory=list, repr=False)  # (address, opcode, operands)
 
@@ -149,8 +150,9 @@ def read_kernels(so_path=None, cuobjdump=None):
         if (arch, fn) not in kernels and (None, fn) in kernels:  # a bare cubin's -res-usage names no arch
             kernels[arch, fn] = dataclasses.replace(kernels.pop((None, fn)), arch=arch)
         kernel = kernels.setdefault((arch, fn), Kernel("", fn, arch))
-        address, opcode, _, operands = _INSTRUCTION.match(line).groups()
+        address, opcode, suffix, operands = _INSTRUCTION.match(line).groups()
         kernel.ops[opcode] += 1
+        kernel.mnemonics[opcode + (suffix or "")] += 1
         kernel.code.append((int(address, 16), opcode, operands))
     for kernel in kernels.values():
         _count_hot_loops(kernel)

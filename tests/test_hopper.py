@@ -1,6 +1,8 @@
 """The Hopper (sm_90a) path of the native CUDA backend (csrc/cuda/linear_relu_sm90.cu).
 
 The path is on by default (TWOLAYER_OPS_SM90=0 turns it off, read once; or torch.ops.twolayer_ops_sm90.set_mode).
+Its float32 forward on TF32 wgmma is off until a GPU run validates it (TWOLAYER_OPS_SM90_TF32=1 or set_tf32(1),
+and torch.backends.cuda.matmul.allow_tf32); the tf32 cases switch it on.
 The GPU checks run in a worker process started with the variable set to 1: a kernel that traps or hangs there (its
 barrier waits trap after a few seconds) fails these tests instead of poisoning the CUDA context of the
 whole session. The worker runs every case once, writes one result per case to a JSON file as it goes,
@@ -195,7 +197,107 @@ CASES = {
     "deterministic": _case_deterministic,
     "kernels_ran": _case_kernels_ran,
 }
-CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES]
+
+
+def _check_tf32(x, w, b, *, sm90=True):
+    """The float32 forward with TF32 allowed and the sm90 TF32 switch on: the sm90 kernel ran (or, for
+    ineligible inputs, did not) and its error against float64 is TF32's (above float32's bound, below
+    5e-3), or float32's where the portable kernel ran. Same NaN and inf places as the reference."""
+    from twolayer_ops import linear_relu
+
+    from .reference import REL_TOL, linear_relu_ref, rel_error
+
+    ops, flag = torch.ops.twolayer_ops_sm90, torch.backends.cuda.matmul.allow_tf32
+    ops.set_tf32(1)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        f0, _ = _counts()
+        out = linear_relu(x, w, b, backend="native")
+        torch.cuda.synchronize()
+        f1, _ = _counts()
+    finally:
+        ops.set_tf32(-1)
+        torch.backends.cuda.matmul.allow_tf32 = flag
+    assert f1 - f0 == int(sm90), f"forward: sm90 calls {f1 - f0}, expected {int(sm90)}"
+    ref = linear_relu_ref(x.double(), w.double(), b.double() if b is not None else None)
+    assert out.dtype == torch.float32 and out.shape == ref.shape and out.is_contiguous()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+    err = rel_error(out, ref)
+    if sm90:
+        assert REL_TOL[torch.float32] < err < 5e-3, f"relative error {err:.3g}: not TF32's"
+    else:
+        assert err <= REL_TOL[torch.float32], f"relative error {err:.3g}"
+    return out
+
+
+def _tf32_shape_case(m, k, n, *, bias=True):
+    def run():
+        x, w, b, _ = _inputs(m, k, n, torch.float32, bias=bias, seed=m + k + n)
+        _check_tf32(x, w, b)
+
+    return run
+
+
+def _case_tf32_switches():
+    """The TF32 forward runs only with allow_tf32 and the switch both on; otherwise float32 stays IEEE
+    (the portable kernel), and the backward never takes the sm90 path for float32."""
+    from twolayer_ops import linear_relu
+
+    from .reference import REL_TOL, linear_relu_ref, rel_error
+
+    x, w, b, go = _inputs(512, 1024, 512, torch.float32, seed=11)
+    ops, flag = torch.ops.twolayer_ops_sm90, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allow, switch in ((False, 1), (True, 0), (False, 0)):
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            ops.set_tf32(switch)
+            ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+            f0, b0 = _counts()
+            out = linear_relu(*ins, backend="native")
+            torch.autograd.grad(out, ins, go)
+            torch.cuda.synchronize()
+            assert _counts() == (f0, b0), f"allow_tf32={allow}, set_tf32({switch}): the sm90 path ran"
+            assert rel_error(out.detach(), linear_relu_ref(x.double(), w.double(), b.double())) <= REL_TOL[torch.float32]
+        torch.backends.cuda.matmul.allow_tf32 = True
+        ops.set_tf32(1)
+        ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        out = linear_relu(*ins, backend="native")
+        _, b0 = _counts()
+        torch.autograd.grad(out, ins, go)
+        torch.cuda.synchronize()
+        assert _counts()[1] == b0, "the float32 backward took the sm90 path"
+    finally:
+        ops.set_tf32(-1)
+        torch.backends.cuda.matmul.allow_tf32 = flag
+
+
+def _case_tf32_specials():
+    """TF32 forward: transposed and padded operands, odd N (element stores), K not a multiple of 4 (not
+    TMA-readable: portable), NaN and an exact-zero column."""
+    x, w, b, _ = _inputs(1000, 1024, 1001, torch.float32, seed=12)
+    x[3, 5] = float("nan")
+    w[7].zero_()
+    b[7] = 0
+    out = _check_tf32(x, w, b)
+    assert torch.isnan(out[3]).all() and (out[torch.arange(1000, device="cuda") != 3, 7] == 0).all()
+    xw = torch.zeros(512, 1024 + 4, device="cuda")
+    xw[:, :1024] = _inputs(512, 1024, 768, torch.float32, seed=13)[0]
+    w2 = _inputs(512, 1024, 768, torch.float32, seed=13)[1]
+    _check_tf32(xw[:, :1024], w2, None)
+    _check_tf32(xw[:, :1024].t().contiguous().t(), w2, None, sm90=False)
+    _check_tf32(*_inputs(256, 1001, 512, torch.float32, seed=14)[:3], sm90=False)
+
+
+TF32_CASES = {
+    "tf32_tiles_256x512x384": _tf32_shape_case(256, 512, 384),
+    "tf32_ragged_1000x1024x1000": _tf32_shape_case(1000, 1024, 1000),
+    "tf32_ktail_520x1000x1000": _tf32_shape_case(520, 1000, 1000),
+    "tf32_no_bias_300x4096x520": _tf32_shape_case(300, 4096, 520, bias=False),
+    "tf32_big_4096x4096x4096": _tf32_shape_case(4096, 4096, 4096),
+    "tf32_specials": _case_tf32_specials,
+    "tf32_switches": _case_tf32_switches,
+}
+CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32" for name in TF32_CASES]
 
 
 def worker(out_path, only=None):
@@ -206,7 +308,7 @@ def worker(out_path, only=None):
             continue
         name, dt = case_id.rsplit("-", 1)
         try:
-            CASES[name](DTYPES[dt])
+            TF32_CASES[name]() if dt == "tf32" else CASES[name](DTYPES[dt])
             results[case_id] = "ok"
         except Exception:  # noqa: BLE001  (every failure is reported, the next case still runs)
             results[case_id] = traceback.format_exc(limit=6)
@@ -263,7 +365,7 @@ def test_introspection_ops_without_a_gpu_run():
     ops = _sm90_ops()
     if ops is None:
         pytest.skip("extension built without CUDA")
-    mode, env, probe, fwd, bwd = ops.info()
+    mode, env, probe, fwd, bwd, tf32 = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -276,6 +378,12 @@ def test_introspection_ops_without_a_gpu_run():
         ops.set_group_m(-1)
     ops.set_group_m(8)
     ops.set_group_m(0)
+    assert tf32 == int(os.environ.get("TWOLAYER_OPS_SM90_TF32", "0") == "1")
+    with pytest.raises(RuntimeError, match="set_tf32: mode must be"):
+        ops.set_tf32(2)
+    ops.set_tf32(1)
+    assert ops.info()[5] == 1
+    ops.set_tf32(-1)
 
 
 if __name__ == "__main__":

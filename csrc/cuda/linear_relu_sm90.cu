@@ -1,13 +1,13 @@
 // The Hopper (sm_90a) path of twolayer_ops: a persistent, warp-specialized GEMM on TMA and wgmma,
 // used for the forward out = relu(x @ W^T + b) and the two backward GEMMs, float16 / bfloat16 with
-// float32 accumulation. Entry points and when it runs: sm90.h. Everything else (other GPUs, other
+// float32 accumulation, and for the float32 forward as TF32 where torch allows TF32 matmuls. Entry points and when it runs: sm90.h. Everything else (other GPUs, other
 // dtypes, layouts TMA cannot read, small problems) keeps the portable kernels of linear_relu.cu.
 //
 // The GEMM, C[M,N] = A[M,K] B[K,N] (+ bias, ReLU, cast in the epilogue):
-//   * Tiles 128 x 256 x 64 (BM x BN x BK). A block is 3 warpgroups (384 threads): warpgroup 0 is the
-//     producer (setmaxnreg.dec to 40; one thread issues the TMA copies), warpgroups 1 and 2 are the
-//     consumers (setmaxnreg.inc to 232), each owning 64 rows of the tile: one wgmma.m64n256k16 per
-//     16-wide K step, 128 float accumulators per thread.
+//   * Tiles 128 x 256 x 128 bytes of K (BK = 64 16-bit or 32 TF32 elements). A block is 3 warpgroups
+//     (384 threads): warpgroup 0 is the producer (setmaxnreg.dec to 40; one thread issues the TMA
+//     copies), warpgroups 1 and 2 are the consumers (setmaxnreg.inc to 232), each owning 64 rows of the
+//     tile: one wgmma.m64n256k16 (k8 for TF32) per 32-byte K step, 128 float accumulators per thread.
 //   * A 4-stage shared-memory ring (48 KB a stage: A 16 KB + B 32 KB, 128-byte swizzle) with a "full"
 //     mbarrier (TMA transaction bytes) and an "empty" mbarrier (one arrival per consumer warp) a stage.
 //     Consumers keep one wgmma batch in flight (wait_group 1) and free a stage once the batch that
@@ -16,9 +16,10 @@
 //     (16 tile-rows per group, tile-rows fastest) so that the tiles in flight share A and B in L2.
 //     The producer runs ahead into the next tile while the consumers run the epilogue.
 //   * Operands come either K-major (the reduction axis contiguous: one TMA box per tile, 128-byte rows)
-//     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit). 16-bit types only.
+//     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit; 16-bit types only, so TF32
+//     serves the forward alone, where x and W are both K-major).
 //   * Epilogue straight from the accumulator fragments: + bias (optional), ReLU as v <= 0 ? 0 : v
-//     (NaN passes, never fmaxf), cast, and 4-byte stores of element pairs (bounds-checked rows/cols).
+//     (NaN passes, never fmaxf), cast, and stores of element pairs (bounds-checked rows/cols).
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
 // Uses:
@@ -67,48 +68,64 @@ namespace twolayer_ops {
 namespace sm90 {
 namespace {
 
-constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4;
+constexpr int kBM = 128, kBN = 256, kStages = 4;
+constexpr int kRowBytes = 128;                     // a K-tile's depth in bytes: one 128-byte swizzle span
 constexpr int kConsumers = 2;                      // consumer warpgroups, 64 tile rows each
 constexpr int kThreads = 128 * (1 + kConsumers);   // + the producer warpgroup
 [[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 * (40 + 2 * 232) = 64512 <= 65536
-constexpr int kABytes = kBM * kBK * 2;             // 16 KB
-constexpr int kBBytes = kBN * kBK * 2;             // 32 KB
+constexpr int kABytes = kBM * kRowBytes;           // 16 KB
+constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
 [[maybe_unused]] constexpr int kBox = 64 * 64 * 2;                 // one MN-major box: 64 (M or N) x 64 (K), 8 KB
 constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + 1024 /* alignment slack */ + 2 * kStages * 8;
 constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
-static_assert(kBK * 2 == 128, "one K-major smem row is one 128-byte swizzle span");
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
 
 struct GemmArgs {
-  uint16_t* c = nullptr;           // (M, N) with row stride ldc
-  const uint16_t* bias = nullptr;  // (N,) with stride bias_s, or nullptr
+  void* c = nullptr;           // (M, N) with row stride ldc, of the kernel's element type
+  const void* bias = nullptr;  // (N,) with stride bias_s, or nullptr
   int64_t ldc = 0, bias_s = 0;
   int M = 0, N = 0, K = 0;
   int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;
-  int pair_ok = 0;  // C rows take 4-byte stores of element pairs (ldc even, C 4-byte aligned)
+  int pair_ok = 0;  // C rows take stores of element pairs (ldc even, C aligned to a pair)
 };
 
-template <bool BF16>
-__device__ __forceinline__ float to_f(uint16_t r) {
-  if constexpr (BF16) {
-    return __bfloat162float(__ushort_as_bfloat16(r));
-  } else {
-    return __half2float(__ushort_as_half(r));
-  }
-}
+// The element types: float16 and bfloat16 (every GEMM) and float32 read as TF32 (the forward only,
+// when torch allows TF32: wgmma takes TF32 operands K-major only, and dX and dW read an MN-major one).
+// A K-tile is 128 bytes deep whatever the type: 64 16-bit or 32 TF32 elements, 4 wgmma K steps.
+enum Dt : int { kF16 = 0, kBF16 = 1, kTF32 = 2 };
 
-template <bool BF16>
-__device__ __forceinline__ uint16_t from_f(float v) {
-  if constexpr (BF16) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  } else {
-    return __half_as_ushort(__float2half_rn(v));
-  }
-}
+template <int DT>
+struct Elt;
+template <>
+struct Elt<kF16> {
+  using raw = uint16_t;
+  __device__ __forceinline__ static float to_f(raw r) { return __half2float(__ushort_as_half(r)); }
+  __device__ __forceinline__ static raw from_f(float v) { return __half_as_ushort(__float2half_rn(v)); }
+};
+template <>
+struct Elt<kBF16> {
+  using raw = uint16_t;
+  __device__ __forceinline__ static float to_f(raw r) { return __bfloat162float(__ushort_as_bfloat16(r)); }
+  __device__ __forceinline__ static raw from_f(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+};
+template <>
+struct Elt<kTF32> {
+  using raw = float;
+  __device__ __forceinline__ static float to_f(raw r) { return r; }
+  __device__ __forceinline__ static raw from_f(float v) { return v; }
+};
 
-template <bool BF16>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  return uint32_t(from_f<BF16>(lo)) | (uint32_t(from_f<BF16>(hi)) << 16);
+template <int DT>
+constexpr int kBK = kRowBytes / int(sizeof(typename Elt<DT>::raw));  // K-tile depth in elements
+
+// Stores the element pair (lo, hi) at p, 2-element aligned: one 4-byte (16-bit types) or 8-byte store.
+template <int DT>
+__device__ __forceinline__ void store_pair(typename Elt<DT>::raw* p, float lo, float hi) {
+  if constexpr (DT == kTF32) {
+    *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+  } else {
+    *reinterpret_cast<uint32_t*>(p) = uint32_t(Elt<DT>::from_f(lo)) | (uint32_t(Elt<DT>::from_f(hi)) << 16);
+  }
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -244,35 +261,46 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
   "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
   "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
-// D (64 x 256, float) += A (64 x 16) * B (16 x 256) from shared memory. TA / TB: 1 when the operand is
-// MN-major in shared memory (the transpose bit; 16-bit types only).
-template <bool BF16, int TA, int TB>
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (BF16) {
+// D (64 x 256, float) += A (64 x k) * B (k x 256) from shared memory, one 32-byte K step: k = 16
+// (16-bit types) or 8 (TF32). TA / TB: 1 when the operand is MN-major in shared memory (the transpose
+// bit, 16-bit types only).
+template <int DT, int TA, int TB>
+__device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (DT == kBF16) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" SM90_WGMMA_REGS
         "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
         : SM90_WGMMA_OUTS(d)
         : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TA), "n"(TB));
-  } else {
+  } else if constexpr (DT == kF16) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {" SM90_WGMMA_REGS
         "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
         : SM90_WGMMA_OUTS(d)
         : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TA), "n"(TB));
+  } else {
+    static_assert(TA == 0 && TB == 0, "wgmma reads TF32 operands K-major only");
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 {" SM90_WGMMA_REGS
+        "}, %128, %129, p, 1, 1;\n}\n"
+        : SM90_WGMMA_OUTS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
   }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // ---- the GEMM kernel -------------------------------------------------------------------------------
 
-template <bool BF16, int TA, int TB, bool RELU>
+template <int DT, int TA, int TB, bool RELU>
 __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                      const GemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using E = Elt<DT>;
+  using raw = typename E::raw;
   extern __shared__ unsigned char smem_raw[];
   // Stage buffers 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of 128 bytes.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -308,7 +336,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : 1;
         const uint32_t bytes = uint32_t(TA ? a_boxes * kBox : kABytes) + uint32_t(TB ? b_boxes * kBox : kBBytes);
         for (int kb = 0; kb < args.k_blocks; ++kb) {
-          const int k0 = kb * kBK;
+          const int k0 = kb * kBK<DT>;
           const uint32_t full = bars + 8 * stage, empty = bars + 8 * (kStages + stage);
           mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
           mbar_arrive_expect_tx(full, bytes);
@@ -353,10 +381,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         fence_acc(acc);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) {
+        for (int kk = 0; kk < kRowBytes / 32; ++kk) {
           const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
           const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
-          wgmma_m64n256k16<BF16, TA, TB>(acc, da, db);
+          wgmma_m64n256<DT, TA, TB>(acc, da, db);
         }
         wgmma_commit();
         fence_acc(acc);
@@ -380,15 +408,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
       const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
       const bool row_ok[2] = {row < args.M, row + 8 < args.M};
+      raw* const C = static_cast<raw*>(args.c);
+      const raw* const bias = static_cast<const raw*>(args.bias);
       if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
         // All 256 columns in range: unconditional bias loads and 4-byte pair stores.
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
           float b0 = 0.f, b1 = 0.f;
-          if (args.bias != nullptr) {
-            b0 = to_f<BF16>(args.bias[n * args.bias_s]);
-            b1 = to_f<BF16>(args.bias[(n + 1) * args.bias_s]);
+          if (bias != nullptr) {
+            b0 = E::to_f(bias[n * args.bias_s]);
+            b1 = E::to_f(bias[(n + 1) * args.bias_s]);
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -397,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, 1)
               v0 = v0 <= 0.f ? 0.f : v0;  // NaN <= 0 is false: NaN passes
               v1 = v1 <= 0.f ? 0.f : v1;
             }
-            if (row_ok[h]) *reinterpret_cast<uint32_t*>(args.c + (row + 8 * h) * args.ldc + n) = pack2<BF16>(v0, v1);
+            if (row_ok[h]) store_pair<DT>(C + (row + 8 * h) * args.ldc + n, v0, v1);
           }
         }
       } else {
@@ -406,9 +436,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
           float b0 = 0.f, b1 = 0.f;
-          if (args.bias != nullptr) {
-            if (n < args.N) b0 = to_f<BF16>(args.bias[n * args.bias_s]);
-            if (n + 1 < args.N) b1 = to_f<BF16>(args.bias[(n + 1) * args.bias_s]);
+          if (bias != nullptr) {
+            if (n < args.N) b0 = E::to_f(bias[n * args.bias_s]);
+            if (n + 1 < args.N) b1 = E::to_f(bias[(n + 1) * args.bias_s]);
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -418,12 +448,12 @@ __global__ void __launch_bounds__(kThreads, 1)
               v1 = v1 <= 0.f ? 0.f : v1;
             }
             if (row_ok[h]) {
-              uint16_t* p = args.c + (row + 8 * h) * args.ldc + n;
+              raw* p = C + (row + 8 * h) * args.ldc + n;
               if (args.pair_ok && n + 1 < args.N) {
-                *reinterpret_cast<uint32_t*>(p) = pack2<BF16>(v0, v1);
+                store_pair<DT>(p, v0, v1);
               } else {
-                if (n < args.N) p[0] = from_f<BF16>(v0);
-                if (n + 1 < args.N) p[1] = from_f<BF16>(v1);
+                if (n < args.N) p[0] = E::from_f(v0);
+                if (n + 1 < args.N) p[1] = E::from_f(v1);
               }
             }
           }
@@ -448,10 +478,11 @@ __global__ void sm90_probe_kernel(int* out) {
 // 32 column lanes of 8 elements) covers 256 columns x rows_per_block rows; with `partial` it also writes
 // the float32 column sums of its rows to partial[blockIdx.y][n] (fixed order: rows ascending per lane,
 // then lanes 0..7). vec: g and out rows are unit-stride and 16-byte aligned.
-template <bool BF16>
+template <int DT>
 __global__ void __launch_bounds__(256, 4)
     sm90_mask_grad_kernel(const uint16_t* g, int64_t gs0, int64_t gs1, const uint16_t* o, int64_t os0, int64_t os1,
                           uint16_t* gm, float* partial, int64_t M, int64_t N, int64_t rows_per_block, int vec) {
+  static_assert(sizeof(typename Elt<DT>::raw) == 2, "the backward runs on 16-bit types only");
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
   const int64_t n = int64_t(blockIdx.x) * 256 + tx * 8;
   const int64_t r0 = int64_t(blockIdx.y) * rows_per_block;
@@ -480,8 +511,8 @@ __global__ void __launch_bounds__(256, 4)
     }
 #pragma unroll
     for (int v = 0; v < 8; ++v) {
-      r.e[v] = to_f<BF16>(ov.e[v]) <= 0.f ? uint16_t(0) : gv.e[v];  // NaN out passes its gradient
-      s[v] += to_f<BF16>(r.e[v]);
+      r.e[v] = Elt<DT>::to_f(ov.e[v]) <= 0.f ? uint16_t(0) : gv.e[v];  // NaN out passes its gradient
+      s[v] += Elt<DT>::to_f(r.e[v]);
     }
     if (full && (N % 8) == 0) {
       *reinterpret_cast<uint4*>(gm + m * N + n) = r.q;
@@ -506,18 +537,19 @@ __global__ void __launch_bounds__(256, 4)
 }
 
 // db[n] = sum over row blocks r = 0, 1, ... of partial[r][n], in that order.
-template <bool BF16>
+template <int DT>
 __global__ void sm90_db_kernel(const float* partial, int64_t R, int64_t N, uint16_t* db) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   float t = 0.f;
   for (int64_t r = 0; r < R; ++r) t += partial[r * N + n];
-  db[n] = from_f<BF16>(t);
+  db[n] = Elt<DT>::from_f(t);
 }
 
 // ---- host side ------------------------------------------------------------------------------------------
 
 std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (set_mode)
+std::atomic<int> g_tf32{-1};  // -1: follow TWOLAYER_OPS_SM90_TF32; 0: off; 1: on (set_tf32)
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0};
 constexpr int kMaxDevices = 64;
@@ -529,6 +561,34 @@ bool env_enabled() {  // on unless TWOLAYER_OPS_SM90=0
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
+}
+
+bool tf32_env_enabled() {  // off unless TWOLAYER_OPS_SM90_TF32=1: not yet validated on a GPU
+  static const bool on = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SM90_TF32");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+bool tf32_enabled() {
+  const int mode = g_tf32.load(std::memory_order_relaxed);
+  return mode < 0 ? tf32_env_enabled() : mode == 1;
+}
+
+// The path's element type for t, or -1: float16, bfloat16, and for the forward float32 when torch
+// allows TF32 matmuls (torch.backends.cuda.matmul.allow_tf32) and the TF32 switch is on.
+int element_type(const at::Tensor& t, bool forward) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return kF16;
+    case at::kBFloat16:
+      return kBF16;
+    case at::kFloat:
+      return forward && tf32_enabled() && at::globalContext().allowTF32CuBLAS() ? kTF32 : -1;
+    default:
+      return -1;
+  }
 }
 
 bool path_enabled() {
@@ -582,18 +642,24 @@ EncodeTiledFn encode_tiled() {
 // already set): forcing cudaSetDevice binds the primary context. The callers hold a guard of this device.
 void bind_context(int device) { C10_CUDA_CHECK(c10::cuda::SetDevice(static_cast<c10::DeviceIndex>(device), true)); }
 
-// A 2-D row-major matrix (rows x cols, unit column stride, row stride `ld` elements) as a TMA tensor
-// map with box (box_cols x box_rows) and 128-byte swizzle; out-of-range elements read as zeros.
-bool make_map(CUtensorMap* map, const void* ptr, bool bf16, int64_t rows, int64_t cols, int64_t ld, int box_cols,
+// A 2-D row-major matrix of element type dt (rows x cols, unit column stride, row stride `ld` elements)
+// as a TMA tensor map with box (box_cols x box_rows) and 128-byte swizzle; out-of-range elements read as
+// zeros. box_cols is 0 for one 128-byte row (64 16-bit or 32 float elements).
+bool make_map(CUtensorMap* map, const void* ptr, int dt, int64_t rows, int64_t cols, int64_t ld, int box_cols,
               int box_rows) {
   const EncodeTiledFn fn = encode_tiled();
   if (fn == nullptr) return false;
+  const int64_t esize = dt == kTF32 ? 4 : 2;
+  if (box_cols == 0) box_cols = int(kRowBytes / esize);
   const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
+  const cuuint64_t strides[1] = {cuuint64_t(ld * esize)};
   const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
   const cuuint32_t elem_strides[2] = {1, 1};
   std::memset(map, 0, sizeof(*map));
-  const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+  const CUtensorMapDataType type = dt == kBF16   ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                   : dt == kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  const CUresult r = fn(map, type, 2,
                         const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -604,24 +670,23 @@ constexpr int64_t kMaxExtent = int64_t(1) << 30;  // TMA coordinates are int32; 
 
 // t (rows x cols) can be read by TMA as a row-major matrix.
 bool tma_readable(const at::Tensor& t) {
-  return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1) && t.stride(0) % 8 == 0 &&
+  return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1) && t.stride(0) * t.element_size() % 16 == 0 &&
          t.stride(0) < (int64_t(1) << 38) && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 &&
          t.size(0) < kMaxExtent && t.size(1) < kMaxExtent;
 }
 
-// Everything but the operand layouts: dtype, size, the switch, the device.
-bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
-  const auto dt = x2.scalar_type();
-  if (dt != at::kHalf && dt != at::kBFloat16) return false;
+// Everything but the operand layouts: dtype, size, the switches, the device.
+bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K, bool forward) {
+  if (element_type(x2, forward) < 0) return false;
   if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return false;
   if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return false;  // small: portable path
   if (!x2.is_cuda() || !path_enabled()) return false;
   return probe_device(x2.get_device()) == 1;
 }
 
-template <bool BF16, int TA, int TB, bool RELU>
+template <int DT, int TA, int TB, bool RELU>
 void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
-  auto kernel = sm90_gemm_kernel<BF16, TA, TB, RELU>;
+  auto kernel = sm90_gemm_kernel<DT, TA, TB, RELU>;
   static std::atomic<uint64_t> attr_set{0};  // one bit per device: the shared-memory limit was raised
   if (!(attr_set.load() >> device & 1)) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
@@ -629,7 +694,7 @@ void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int d
   }
   a.tiles_m = (a.M + kBM - 1) / kBM;
   a.tiles_n = (a.N + kBN - 1) / kBN;
-  a.k_blocks = (a.K + kBK - 1) / kBK;
+  a.k_blocks = (a.K + kBK<DT> - 1) / kBK<DT>;
   const int group_m = g_group_m.load(std::memory_order_relaxed);
   a.group_m = group_m > 0 ? group_m : kGroupM;
   const int tiles = a.tiles_m * a.tiles_n;
@@ -649,7 +714,7 @@ bool tiles_fit(int64_t M, int64_t N) {
   return ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN) <= int64_t(INT_MAX) - 4096;
 }
 
-template <bool BF16>
+template <int DT>
 void launch_mask_and_db(const at::Tensor& g2, const at::Tensor& o2, at::Tensor& gm, at::Tensor* grad_b, int device) {
   const int64_t M = gm.size(0), N = gm.size(1);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
@@ -665,27 +730,27 @@ void launch_mask_and_db(const at::Tensor& g2, const at::Tensor& o2, at::Tensor& 
   };
   const int vec = aligned(g2) && aligned(o2);
   const dim3 grid(unsigned((N + 255) / 256), unsigned(R));
-  sm90_mask_grad_kernel<BF16><<<grid, 256, 0, stream>>>(
+  sm90_mask_grad_kernel<DT><<<grid, 256, 0, stream>>>(
       static_cast<const uint16_t*>(g2.const_data_ptr()), g2.stride(0), g2.stride(1),
       static_cast<const uint16_t*>(o2.const_data_ptr()), o2.stride(0), o2.stride(1),
       static_cast<uint16_t*>(gm.data_ptr()), grad_b != nullptr ? partial.data_ptr<float>() : nullptr, M, N,
       rows_per_block, vec);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (grad_b != nullptr) {
-    sm90_db_kernel<BF16><<<unsigned((N + 255) / 256), 256, 0, stream>>>(partial.data_ptr<float>(), R, N,
-                                                                         static_cast<uint16_t*>(grad_b->data_ptr()));
+    sm90_db_kernel<DT><<<unsigned((N + 255) / 256), 256, 0, stream>>>(partial.data_ptr<float>(), R, N,
+                                                                       static_cast<uint16_t*>(grad_b->data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
 GemmArgs out_args(at::Tensor& c, int64_t M, int64_t N, int64_t K) {
   GemmArgs a;
-  a.c = static_cast<uint16_t*>(c.data_ptr());
+  a.c = c.data_ptr();
   a.ldc = c.stride(0);
   a.M = int(M);
   a.N = int(N);
   a.K = int(K);
-  a.pair_ok = c.stride(0) % 2 == 0 && reinterpret_cast<uintptr_t>(a.c) % 4 == 0;
+  a.pair_ok = c.stride(0) % 2 == 0 && reinterpret_cast<uintptr_t>(a.c) % (2 * c.element_size()) == 0;
   return a;
 }
 
@@ -701,13 +766,20 @@ std::vector<int64_t> info_op() {
     C10_CUDA_CHECK(cudaGetDevice(&device));
     probe = probe_device(device) == 1 ? 1 : 0;
   }
-  return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load()};
+  return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load(),
+          int64_t(tf32_enabled())};
 }
 
 void set_mode_op(int64_t mode) {
   TORCH_CHECK(mode >= -1 && mode <= 1, "twolayer_ops_sm90.set_mode: mode must be -1 (env), 0 (off) or 1 (on), got ",
               mode);
   g_mode.store(int(mode));
+}
+
+void set_tf32_op(int64_t mode) {
+  TORCH_CHECK(mode >= -1 && mode <= 1,
+              "twolayer_ops_sm90.set_tf32: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
+  g_tf32.store(int(mode));
 }
 
 void set_group_m_op(int64_t group_m) {
@@ -721,24 +793,26 @@ void set_group_m_op(int64_t group_m) {
 bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  at::Tensor& out) {
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K) || !tiles_fit(M, N)) return false;
+  if (!path_applies(x2, M, N, K, /*forward=*/true) || !tiles_fit(M, N)) return false;
   if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
-  const bool bf16 = x2.scalar_type() == at::kBFloat16;
+  const int dt = element_type(x2, /*forward=*/true);
   bind_context(x2.get_device());
   CUtensorMap ma, mb;
-  if (!make_map(&ma, x2.const_data_ptr(), bf16, M, K, x2.stride(0), 64, kBM) ||
-      !make_map(&mb, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, kBN))
+  if (!make_map(&ma, x2.const_data_ptr(), dt, M, K, x2.stride(0), 0, kBM) ||
+      !make_map(&mb, weight.const_data_ptr(), dt, N, K, weight.stride(0), 0, kBN))
     return false;
   GemmArgs a = out_args(out, M, N, K);
   if (has_bias(bias)) {
-    a.bias = static_cast<const uint16_t*>(bias->const_data_ptr());
+    a.bias = bias->const_data_ptr();
     a.bias_s = bias->stride(0);
   }
   const int device = x2.get_device();
-  if (bf16) {
-    launch_gemm<true, 0, 0, true>(ma, mb, a, device);
+  if (dt == kBF16) {
+    launch_gemm<kBF16, 0, 0, true>(ma, mb, a, device);
+  } else if (dt == kF16) {
+    launch_gemm<kF16, 0, 0, true>(ma, mb, a, device);
   } else {
-    launch_gemm<false, 0, 0, true>(ma, mb, a, device);
+    launch_gemm<kTF32, 0, 0, true>(ma, mb, a, device);
   }
   g_forward_calls.fetch_add(1);
   return true;
@@ -749,43 +823,44 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
                   at::Tensor& grad_b) {
   if (!run_dx && !run_dw) return false;  // db alone: the portable single pass
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K) || N % 8 != 0) return false;
+  if (!path_applies(x2, M, N, K, /*forward=*/false) || N % 8 != 0) return false;
   if (!tma_readable(x2) || !tma_readable(weight)) return false;
   if (run_dx && (!tiles_fit(M, K) || !grad_x.is_contiguous())) return false;
   if (run_dw && (!tiles_fit(N, K) || !grad_w.is_contiguous())) return false;
   if (run_db && !grad_b.is_contiguous()) return false;
-  const bool bf16 = x2.scalar_type() == at::kBFloat16;
+  const bool bf16 = element_type(x2, /*forward=*/false) == kBF16;
+  const int dt = bf16 ? kBF16 : kF16;
   at::Tensor gm = at::empty({M, N}, x2.options());
   bind_context(x2.get_device());
   // dX = Gm (M,N) @ W (N,K): A = Gm K-major (box 64 of N x 128 rows), B = W MN-major (64 of K x 64 of N).
   // dW = Gm^T (N,M) @ x (M,K): A = Gm MN-major (64 of N x 64 of M), B = x MN-major (64 of K x 64 of M).
   CUtensorMap dx_a, dx_b, dw_a, dw_b;
-  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), bf16, M, N, N, 64, kBM) ||
-                 !make_map(&dx_b, weight.const_data_ptr(), bf16, N, K, weight.stride(0), 64, 64)))
+  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), dt, M, N, N, 0, kBM) ||
+                 !make_map(&dx_b, weight.const_data_ptr(), dt, N, K, weight.stride(0), 64, 64)))
     return false;
-  if (run_dw && (!make_map(&dw_a, gm.const_data_ptr(), bf16, M, N, N, 64, 64) ||
-                 !make_map(&dw_b, x2.const_data_ptr(), bf16, M, K, x2.stride(0), 64, 64)))
+  if (run_dw && (!make_map(&dw_a, gm.const_data_ptr(), dt, M, N, N, 64, 64) ||
+                 !make_map(&dw_b, x2.const_data_ptr(), dt, M, K, x2.stride(0), 64, 64)))
     return false;
   const int device = x2.get_device();
   if (bf16) {
-    launch_mask_and_db<true>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
+    launch_mask_and_db<kBF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
   } else {
-    launch_mask_and_db<false>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
+    launch_mask_and_db<kF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
   }
   if (run_dx) {
     const GemmArgs a = out_args(grad_x, M, K, N);
     if (bf16) {
-      launch_gemm<true, 0, 1, false>(dx_a, dx_b, a, device);
+      launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device);
     } else {
-      launch_gemm<false, 0, 1, false>(dx_a, dx_b, a, device);
+      launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device);
     }
   }
   if (run_dw) {
     const GemmArgs a = out_args(grad_w, N, K, M);
     if (bf16) {
-      launch_gemm<true, 1, 1, false>(dw_a, dw_b, a, device);
+      launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device);
     } else {
-      launch_gemm<false, 1, 1, false>(dw_a, dw_b, a, device);
+      launch_gemm<kF16, 1, 1, false>(dw_a, dw_b, a, device);
     }
   }
   g_backward_calls.fetch_add(1);
@@ -795,12 +870,14 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 }  // namespace sm90
 }  // namespace twolayer_ops
 
-// torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls];
+// torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32];
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
+// torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
 // (a tuning knob: benchmarks/hopper_evidence.sh sweeps it).
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
+  m.def("set_tf32(int mode) -> ()", &twolayer_ops::sm90::set_tf32_op);
   m.def("set_group_m(int group_m) -> ()", &twolayer_ops::sm90::set_group_m_op);
 }
