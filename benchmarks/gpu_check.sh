@@ -4,8 +4,8 @@
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests, the fused-step benchmark, the Hopper evidence, memcheck and
 #          racecheck of the native kernels, memcheck of the sm90 path, and the kernel benchmark of the
-#          issue-6 shapes (default paths, then the Triton TMA forward), and a native backtrace of a
-#          known crash.
+#          issue-6 shapes (default paths, then the native TF32 and the Triton TMA forwards), and a native
+#          backtrace of a known crash.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -92,10 +92,12 @@ case $stage in
       step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
     done
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
-    # The default paths (the sm90 native path, the portable Triton kernels; with the native TF32 forward,
-    # still off by default, switched on for its tf32 row), then the Triton TMA forward.
-    step kernels 120 env TWOLAYER_OPS_SM90_TF32=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" --modes fwd,fwdbwd \
-      --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+    # The default paths (the sm90 native path, the portable Triton kernels), then the opt-in ones in steps
+    # of their own (a kernel that traps costs only its step): the native TF32 forward, the Triton TMA forward.
+    step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
+      --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+    step kernels_tf32 40 env TWOLAYER_OPS_SM90_TF32=1 "$PY" -m benchmarks.linear_relu --device cuda \
+      --cases "tf32:4096x4096x4096+8192x4096x4096" --modes fwd --providers native,mm,addmm_act --csv "$logs/kernels_tf32.csv"
     step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
     # The native backtrace of the segfault this test hit on the H200 (2026-11-27), if it still does (the

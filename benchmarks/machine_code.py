@@ -32,7 +32,7 @@ class Kernel:
     local: int = 0
     shared: int = 0
     ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # opcode -> count
-    mnemonics: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # HGMMA.64x256x8.F32.TF32 -> count
+    mnemonics: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # with suffixes: HGMMA.64x256x8.F32.TF32
     hot_loop_ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # the same, in the math loops
     code: list = dataclasses.field(default_factory=list, repr=False)  # (address, opcode, operands)
 

@@ -257,7 +257,8 @@ def _case_tf32_switches():
             torch.autograd.grad(out, ins, go)
             torch.cuda.synchronize()
             assert _counts() == (f0, b0), f"allow_tf32={allow}, set_tf32({switch}): the sm90 path ran"
-            assert rel_error(out.detach(), linear_relu_ref(x.double(), w.double(), b.double())) <= REL_TOL[torch.float32]
+            err = rel_error(out.detach(), linear_relu_ref(x.double(), w.double(), b.double()))
+            assert err <= REL_TOL[torch.float32], f"allow_tf32={allow}, set_tf32({switch}): relative error {err:.3g}"
         torch.backends.cuda.matmul.allow_tf32 = True
         ops.set_tf32(1)
         ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]

@@ -1,7 +1,8 @@
 // The Hopper (sm_90a) path of twolayer_ops: a persistent, warp-specialized GEMM on TMA and wgmma,
 // used for the forward out = relu(x @ W^T + b) and the two backward GEMMs, float16 / bfloat16 with
-// float32 accumulation, and for the float32 forward as TF32 where torch allows TF32 matmuls. Entry points and when it runs: sm90.h. Everything else (other GPUs, other
-// dtypes, layouts TMA cannot read, small problems) keeps the portable kernels of linear_relu.cu.
+// float32 accumulation, and for the float32 forward as TF32 where torch allows TF32 matmuls. Entry
+// points and when it runs: sm90.h. Everything else (other GPUs, other dtypes, layouts TMA cannot read,
+// small problems) keeps the portable kernels of linear_relu.cu.
 //
 // The GEMM, C[M,N] = A[M,K] B[K,N] (+ bias, ReLU, cast in the epilogue):
 //   * Tiles 128 x 256 x 128 bytes of K (BK = 64 16-bit or 32 TF32 elements). A block is 3 warpgroups
@@ -670,9 +671,10 @@ constexpr int64_t kMaxExtent = int64_t(1) << 30;  // TMA coordinates are int32; 
 
 // t (rows x cols) can be read by TMA as a row-major matrix.
 bool tma_readable(const at::Tensor& t) {
-  return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1) && t.stride(0) * t.element_size() % 16 == 0 &&
-         t.stride(0) < (int64_t(1) << 38) && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 &&
-         t.size(0) < kMaxExtent && t.size(1) < kMaxExtent;
+  return t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= t.size(1) &&
+         t.stride(0) * t.element_size() % 16 == 0 && t.stride(0) < (int64_t(1) << 38) &&
+         reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 && t.size(0) < kMaxExtent &&
+         t.size(1) < kMaxExtent;
 }
 
 // Everything but the operand layouts: dtype, size, the switches, the device.
