@@ -97,7 +97,8 @@ case $stage in
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step kernels_tf32 40 env TWOLAYER_OPS_SM90_TF32=1 "$PY" -m benchmarks.linear_relu --device cuda \
-      --cases "tf32:4096x4096x4096+8192x4096x4096" --modes fwd --providers native,mm,addmm_act --csv "$logs/kernels_tf32.csv"
+      --cases "tf32:4096x4096x4096+8192x4096x4096" --modes fwd,fwdbwd --providers native,mm,addmm_act \
+      --csv "$logs/kernels_tf32.csv"
     step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
       --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
     # The native backtrace of the segfault this test hit on the H200 (2026-11-27), if it still does (the

@@ -1,7 +1,7 @@
 """The Hopper (sm_90a) path of the native CUDA backend (csrc/cuda/linear_relu_sm90.cu).
 
 The path is on by default (TWOLAYER_OPS_SM90=0 turns it off, read once; or torch.ops.twolayer_ops_sm90.set_mode).
-Its float32 forward on TF32 wgmma is off until a GPU run validates it (TWOLAYER_OPS_SM90_TF32=1 or set_tf32(1),
+Its float32 path on TF32 wgmma is off until a GPU run validates it (TWOLAYER_OPS_SM90_TF32=1 or set_tf32(1),
 and torch.backends.cuda.matmul.allow_tf32); the tf32 cases switch it on.
 The GPU checks run in a worker process started with the variable set to 1: a kernel that traps or hangs there (its
 barrier waits trap after a few seconds) fails these tests instead of poisoning the CUDA context of the
@@ -199,48 +199,62 @@ CASES = {
 }
 
 
-def _check_tf32(x, w, b, *, sm90=True):
-    """The float32 forward with TF32 allowed and the sm90 TF32 switch on: the sm90 kernel ran (or, for
-    ineligible inputs, did not) and its error against float64 is TF32's (above float32's bound, below
-    5e-3), or float32's where the portable kernel ran. Same NaN and inf places as the reference."""
+def _check_tf32(x, w, b, go, *, sm90_fwd=True, sm90_bwd=True):
+    """float32 with TF32 allowed and the sm90 TF32 switch on: forward and gradients of the native backend
+    against float64, and which calls took the sm90 path. A GEMM on that path shows TF32's error (above
+    float32's bound, below 5e-3); the portable kernels, and db (a float32 column sum), float32's."""
     from twolayer_ops import linear_relu
 
     from .reference import REL_TOL, linear_relu_ref, rel_error
 
+    def assert_error(got, want, tf32, what):
+        assert got.dtype == torch.float32 and got.shape == want.shape, what
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{what}: NaN at different places"
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), f"{what}: inf at different places"
+        err = rel_error(got, want)
+        if tf32:
+            assert REL_TOL[torch.float32] < err < 5e-3, f"{what}: relative error {err:.3g}, not TF32's"
+        else:
+            assert err <= REL_TOL[torch.float32], f"{what}: relative error {err:.3g}"
+
+    ins = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b)]
+    params = [t for t in ins if t is not None]
     ops, flag = torch.ops.twolayer_ops_sm90, torch.backends.cuda.matmul.allow_tf32
     ops.set_tf32(1)
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        f0, _ = _counts()
-        out = linear_relu(x, w, b, backend="native")
+        f0, b0 = _counts()
+        out = linear_relu(*ins, backend="native")
         torch.cuda.synchronize()
         f1, _ = _counts()
+        grads = torch.autograd.grad(out, params, go)
+        torch.cuda.synchronize()
+        _, b1 = _counts()
     finally:
         ops.set_tf32(-1)
         torch.backends.cuda.matmul.allow_tf32 = flag
-    assert f1 - f0 == int(sm90), f"forward: sm90 calls {f1 - f0}, expected {int(sm90)}"
-    ref = linear_relu_ref(x.double(), w.double(), b.double() if b is not None else None)
-    assert out.dtype == torch.float32 and out.shape == ref.shape and out.is_contiguous()
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
-    err = rel_error(out, ref)
-    if sm90:
-        assert REL_TOL[torch.float32] < err < 5e-3, f"relative error {err:.3g}: not TF32's"
-    else:
-        assert err <= REL_TOL[torch.float32], f"relative error {err:.3g}"
-    return out
+    assert f1 - f0 == int(sm90_fwd), f"forward: sm90 calls {f1 - f0}, expected {int(sm90_fwd)}"
+    assert b1 - b0 == int(sm90_bwd), f"backward: sm90 calls {b1 - b0}, expected {int(sm90_bwd)}"
+    ref_ins = [t.detach().double().requires_grad_() for t in params]
+    ref = linear_relu_ref(*ref_ins)
+    ref_grads = torch.autograd.grad(ref, ref_ins, go.double())
+    assert out.is_contiguous()
+    assert_error(out.detach(), ref.detach(), sm90_fwd, "output")
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert_error(got, want, sm90_bwd and name != "grad_bias", name)
+    return out.detach(), grads
 
 
 def _tf32_shape_case(m, k, n, *, bias=True):
     def run():
-        x, w, b, _ = _inputs(m, k, n, torch.float32, bias=bias, seed=m + k + n)
-        _check_tf32(x, w, b)
+        _check_tf32(*_inputs(m, k, n, torch.float32, bias=bias, seed=m + k + n))
 
     return run
 
 
 def _case_tf32_switches():
-    """The TF32 forward runs only with allow_tf32 and the switch both on; otherwise float32 stays IEEE
-    (the portable kernel), and the backward never takes the sm90 path for float32."""
+    """The TF32 path runs only with allow_tf32 and the switch both on; otherwise float32 stays IEEE
+    (the portable kernels), forward and backward."""
     from twolayer_ops import linear_relu
 
     from .reference import REL_TOL, linear_relu_ref, rel_error
@@ -259,34 +273,27 @@ def _case_tf32_switches():
             assert _counts() == (f0, b0), f"allow_tf32={allow}, set_tf32({switch}): the sm90 path ran"
             err = rel_error(out.detach(), linear_relu_ref(x.double(), w.double(), b.double()))
             assert err <= REL_TOL[torch.float32], f"allow_tf32={allow}, set_tf32({switch}): relative error {err:.3g}"
-        torch.backends.cuda.matmul.allow_tf32 = True
-        ops.set_tf32(1)
-        ins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-        out = linear_relu(*ins, backend="native")
-        _, b0 = _counts()
-        torch.autograd.grad(out, ins, go)
-        torch.cuda.synchronize()
-        assert _counts()[1] == b0, "the float32 backward took the sm90 path"
     finally:
         ops.set_tf32(-1)
         torch.backends.cuda.matmul.allow_tf32 = flag
 
 
 def _case_tf32_specials():
-    """TF32 forward: transposed and padded operands, odd N (element stores), K not a multiple of 4 (not
-    TMA-readable: portable), NaN and an exact-zero column."""
-    x, w, b, _ = _inputs(1000, 1024, 1001, torch.float32, seed=12)
+    """TF32: NaN and an exact-zero column with odd N (element stores; the backward needs N % 4: portable);
+    x a column slice (padded rows); x transposed and K not a multiple of 4 (not TMA-readable: a portable
+    forward, while the backward copies its operands and still runs)."""
+    x, w, b, go = _inputs(1000, 1024, 1001, torch.float32, seed=12)
     x[3, 5] = float("nan")
     w[7].zero_()
     b[7] = 0
-    out = _check_tf32(x, w, b)
+    out, _ = _check_tf32(x, w, b, go, sm90_bwd=False)
     assert torch.isnan(out[3]).all() and (out[torch.arange(1000, device="cuda") != 3, 7] == 0).all()
+    x, w, _, go = _inputs(512, 1024, 768, torch.float32, seed=13)
     xw = torch.zeros(512, 1024 + 4, device="cuda")
-    xw[:, :1024] = _inputs(512, 1024, 768, torch.float32, seed=13)[0]
-    w2 = _inputs(512, 1024, 768, torch.float32, seed=13)[1]
-    _check_tf32(xw[:, :1024], w2, None)
-    _check_tf32(xw[:, :1024].t().contiguous().t(), w2, None, sm90=False)
-    _check_tf32(*_inputs(256, 1001, 512, torch.float32, seed=14)[:3], sm90=False)
+    xw[:, :1024] = x
+    _check_tf32(xw[:, :1024], w, None, go)
+    _check_tf32(x.t().contiguous().t(), w, None, go, sm90_fwd=False)
+    _check_tf32(*_inputs(256, 1001, 512, torch.float32, seed=14), sm90_fwd=False)
 
 
 TF32_CASES = {

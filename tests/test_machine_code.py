@@ -36,13 +36,16 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
         assert k.register_fed_wgmma == 0, f"{k.name}: a wgmma reads its A operand from registers"
 
 
-def test_hopper_tf32_forward_runs_tf32_wgmma(sm90a):
-    """The float32 instantiation of the Hopper GEMM (element type 2, the forward with bias + ReLU) issues
-    TF32 wgmma and stores float pairs; the 16-bit ones issue f16/bf16 wgmma."""
-    (tf32,) = named(sm90a, "sm90_gemm_kernel<2, 0, 0, true>")
-    hgmma = {m for m in tf32.mnemonics if m.startswith("HGMMA")}
-    assert hgmma == {"HGMMA.64x256x8.F32.TF32"}, hgmma
-    assert tf32.mnemonics["STG.E.64"] > 0, "no 8-byte stores of float pairs"
+def test_hopper_tf32_gemms_run_tf32_wgmma(sm90a):
+    """The float32 instantiations of the Hopper GEMM (element type 2: the forward with bias + ReLU, and the
+    backward's plain product), both K-major, issue TF32 wgmma and store float pairs; the 16-bit ones
+    issue f16/bf16 wgmma."""
+    tf32 = named(sm90a, "sm90_gemm_kernel<2,")
+    assert sorted(k.name for k in tf32) == ["sm90_gemm_kernel<2, 0, 0, false>", "sm90_gemm_kernel<2, 0, 0, true>"]
+    for k in tf32:
+        hgmma = {m for m in k.mnemonics if m.startswith("HGMMA")}
+        assert hgmma == {"HGMMA.64x256x8.F32.TF32"}, (k.name, hgmma)
+        assert k.mnemonics["STG.E.64"] > 0, f"{k.name}: no 8-byte stores of float pairs"
     for k in named(sm90a, "sm90_gemm_kernel<0,") + named(sm90a, "sm90_gemm_kernel<1,"):
         assert all(".TF32" not in m for m in k.mnemonics if m.startswith("HGMMA")), (k.name, k.mnemonics)
 

@@ -1,6 +1,6 @@
 // The Hopper (sm_90a) path of twolayer_ops: a persistent, warp-specialized GEMM on TMA and wgmma,
 // used for the forward out = relu(x @ W^T + b) and the two backward GEMMs, float16 / bfloat16 with
-// float32 accumulation, and for the float32 forward as TF32 where torch allows TF32 matmuls. Entry
+// float32 accumulation, and for float32 as TF32 where torch allows TF32 matmuls. Entry
 // points and when it runs: sm90.h. Everything else (other GPUs, other dtypes, layouts TMA cannot read,
 // small problems) keeps the portable kernels of linear_relu.cu.
 //
@@ -17,8 +17,8 @@
 //     (16 tile-rows per group, tile-rows fastest) so that the tiles in flight share A and B in L2.
 //     The producer runs ahead into the next tile while the consumers run the epilogue.
 //   * Operands come either K-major (the reduction axis contiguous: one TMA box per tile, 128-byte rows)
-//     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit; 16-bit types only, so TF32
-//     serves the forward alone, where x and W are both K-major).
+//     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit; 16-bit types only, so the
+//     TF32 backward copies those operands transposed and reads every operand K-major).
 //   * Epilogue straight from the accumulator fragments: + bias (optional), ReLU as v <= 0 ? 0 : v
 //     (NaN passes, never fmaxf), cast, and stores of element pairs (bounds-checked rows/cols).
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
@@ -27,6 +27,7 @@
 //   forward  A = x (M,K) K-major, B = W (N,K) K-major, epilogue + bias, ReLU.
 //   dX       A = Gm (M,N) K-major, B[k=n][j] = W[n][j]: W is MN-major;   C = dX (M,K).
 //   dW       A[i=n][k=m] = Gm[m][n]: Gm is MN-major, B = x (M,K) MN-major; C = dW (N,K).
+//   TF32     the forward as above; dX with B = W^T and dW with A = Gm^T, B = x^T, copied K-major.
 // Backward: one elementwise pass writes Gm = (out <= 0 ? 0 : grad_out) once (M x N, contiguous) and,
 // when db is wanted, per-block float32 column partial sums; a second tiny kernel adds the partials of
 // each column in a fixed order (deterministic, no atomics). The two GEMMs then read Gm through TMA.
@@ -90,8 +91,8 @@ struct GemmArgs {
   int pair_ok = 0;  // C rows take stores of element pairs (ldc even, C aligned to a pair)
 };
 
-// The element types: float16 and bfloat16 (every GEMM) and float32 read as TF32 (the forward only,
-// when torch allows TF32: wgmma takes TF32 operands K-major only, and dX and dW read an MN-major one).
+// The element types: float16, bfloat16, and float32 read as TF32 where torch allows TF32. wgmma takes
+// TF32 operands K-major only: the TF32 backward copies the operands it reads MN-major, transposed.
 // A K-tile is 128 bytes deep whatever the type: 64 16-bit or 32 TF32 elements, 4 wgmma K steps.
 enum Dt : int { kF16 = 0, kBF16 = 1, kTF32 = 2 };
 
@@ -577,16 +578,16 @@ bool tf32_enabled() {
   return mode < 0 ? tf32_env_enabled() : mode == 1;
 }
 
-// The path's element type for t, or -1: float16, bfloat16, and for the forward float32 when torch
-// allows TF32 matmuls (torch.backends.cuda.matmul.allow_tf32) and the TF32 switch is on.
-int element_type(const at::Tensor& t, bool forward) {
+// The path's element type for t, or -1: float16, bfloat16, and float32 when torch allows TF32 matmuls
+// (torch.backends.cuda.matmul.allow_tf32) and the TF32 switch is on.
+int element_type(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
       return kF16;
     case at::kBFloat16:
       return kBF16;
     case at::kFloat:
-      return forward && tf32_enabled() && at::globalContext().allowTF32CuBLAS() ? kTF32 : -1;
+      return tf32_enabled() && at::globalContext().allowTF32CuBLAS() ? kTF32 : -1;
     default:
       return -1;
   }
@@ -678,8 +679,8 @@ bool tma_readable(const at::Tensor& t) {
 }
 
 // Everything but the operand layouts: dtype, size, the switches, the device.
-bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K, bool forward) {
-  if (element_type(x2, forward) < 0) return false;
+bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
+  if (element_type(x2) < 0) return false;
   if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return false;
   if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return false;  // small: portable path
   if (!x2.is_cuda() || !path_enabled()) return false;
@@ -790,14 +791,44 @@ void set_group_m_op(int64_t group_m) {
   g_group_m.store(int(group_m));
 }
 
+// The TF32 backward. wgmma reads TF32 operands K-major only, so what dX and dW read MN-major is copied
+// once, transposed (W^T, x^T and the masked gradient's transpose: three passes over K x N, K x M and
+// N x M), and both GEMMs run like the forward, A and B K-major. The mask and db are ATen passes
+// (where, and a column sum with no atomics: deterministic). Needs M, N multiples of 4 (16-byte rows).
+bool tf32_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& x2, const at::Tensor& weight,
+                   bool run_dx, bool run_dw, bool run_db, at::Tensor& grad_x, at::Tensor& grad_w,
+                   at::Tensor& grad_b) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
+  if (N % 4 != 0 || (run_dw && M % 4 != 0)) return false;
+  bind_context(x2.get_device());
+  const at::Tensor gm = at::where(o2 <= 0, at::scalar_tensor(0, o2.options()), g2).contiguous();  // NaN passes
+  // dX (M,K) = Gm (M,N) @ W (N,K): A = Gm, B = W^T (K,N), both with N contiguous.
+  // dW (N,K) = Gm^T (N,M) @ x (M,K): A = Gm^T, B = x^T (K,M), both with M contiguous.
+  const at::Tensor wt = run_dx ? weight.t().contiguous() : at::Tensor();
+  const at::Tensor gmt = run_dw ? gm.t().contiguous() : at::Tensor(), xt = run_dw ? x2.t().contiguous() : at::Tensor();
+  CUtensorMap dx_a, dx_b, dw_a, dw_b;
+  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), kTF32, M, N, N, 0, kBM) ||
+                 !make_map(&dx_b, wt.const_data_ptr(), kTF32, K, N, N, 0, kBN)))
+    return false;
+  if (run_dw && (!make_map(&dw_a, gmt.const_data_ptr(), kTF32, N, M, M, 0, kBM) ||
+                 !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN)))
+    return false;
+  const int device = x2.get_device();
+  if (run_db) grad_b.copy_(gm.sum(0));
+  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device);
+  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device);
+  g_backward_calls.fetch_add(1);
+  return true;
+}
+
 }  // namespace
 
 bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  at::Tensor& out) {
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K, /*forward=*/true) || !tiles_fit(M, N)) return false;
+  if (!path_applies(x2, M, N, K) || !tiles_fit(M, N)) return false;
   if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
-  const int dt = element_type(x2, /*forward=*/true);
+  const int dt = element_type(x2);
   bind_context(x2.get_device());
   CUtensorMap ma, mb;
   if (!make_map(&ma, x2.const_data_ptr(), dt, M, K, x2.stride(0), 0, kBM) ||
@@ -825,12 +856,13 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
                   at::Tensor& grad_b) {
   if (!run_dx && !run_dw) return false;  // db alone: the portable single pass
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K, /*forward=*/false) || N % 8 != 0) return false;
-  if (!tma_readable(x2) || !tma_readable(weight)) return false;
+  if (!path_applies(x2, M, N, K)) return false;
   if (run_dx && (!tiles_fit(M, K) || !grad_x.is_contiguous())) return false;
   if (run_dw && (!tiles_fit(N, K) || !grad_w.is_contiguous())) return false;
   if (run_db && !grad_b.is_contiguous()) return false;
-  const bool bf16 = element_type(x2, /*forward=*/false) == kBF16;
+  if (element_type(x2) == kTF32) return tf32_backward(g2, o2, x2, weight, run_dx, run_dw, run_db, grad_x, grad_w, grad_b);
+  if (N % 8 != 0 || !tma_readable(x2) || !tma_readable(weight)) return false;
+  const bool bf16 = element_type(x2) == kBF16;
   const int dt = bf16 ? kBF16 : kF16;
   at::Tensor gm = at::empty({M, N}, x2.options());
   bind_context(x2.get_device());

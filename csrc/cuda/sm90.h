@@ -10,13 +10,13 @@
 //     sm_90a one (a one-off probe kernel per device says so; plain sm_90 or other images never run
 //     these kernels);
 //   * the dtype is float16 or bfloat16 and M*N*K >= 2^24 (smaller problems keep the portable path);
-//     or, for the forward alone, float32 read as TF32 when torch.backends.cuda.matmul.allow_tf32 is set
+//     or float32 read as TF32 (forward and backward) when torch.backends.cuda.matmul.allow_tf32 is set
 //     and the TF32 switch is on: TWOLAYER_OPS_SM90_TF32=1 or torch.ops.twolayer_ops_sm90.set_tf32(1).
 //     That switch is off by default until a GPU run validates the TF32 kernel (written 2026-11-28
 //     without a GPU; its GPU tests are the tf32 cases of tests/test_hopper.py);
 //   * the operands suit TMA: x and W row-major (unit inner stride, row strides multiples of 16 bytes,
 //     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
-//     writes is read by TMA); every extent below 2^30.
+//     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls, tf32]
 // (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device; tf32: the TF32 switch) for tests
 // and benchmarks;
