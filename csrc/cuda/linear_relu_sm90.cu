@@ -757,6 +757,36 @@ GemmArgs out_args(at::Tensor& c, int64_t M, int64_t N, int64_t K) {
   return a;
 }
 
+// The TF32 backward. wgmma reads TF32 operands K-major only, so what dX and dW read MN-major is copied
+// once, transposed (W^T, x^T and the masked gradient's transpose: three passes over K x N, K x M and
+// N x M), and both GEMMs run like the forward, A and B K-major. The mask and db are ATen passes
+// (where, and a column sum with no atomics: deterministic). Needs M, N multiples of 4 (16-byte rows).
+bool tf32_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& x2, const at::Tensor& weight,
+                   bool run_dx, bool run_dw, bool run_db, at::Tensor& grad_x, at::Tensor& grad_w,
+                   at::Tensor& grad_b) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
+  if (N % 4 != 0 || (run_dw && M % 4 != 0)) return false;
+  bind_context(x2.get_device());
+  const at::Tensor gm = at::where(o2 <= 0, at::scalar_tensor(0, o2.options()), g2).contiguous();  // NaN passes
+  // dX (M,K) = Gm (M,N) @ W (N,K): A = Gm, B = W^T (K,N), both with N contiguous.
+  // dW (N,K) = Gm^T (N,M) @ x (M,K): A = Gm^T, B = x^T (K,M), both with M contiguous.
+  const at::Tensor wt = run_dx ? weight.t().contiguous() : at::Tensor();
+  const at::Tensor gmt = run_dw ? gm.t().contiguous() : at::Tensor(), xt = run_dw ? x2.t().contiguous() : at::Tensor();
+  CUtensorMap dx_a, dx_b, dw_a, dw_b;
+  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), kTF32, M, N, N, 0, kBM) ||
+                 !make_map(&dx_b, wt.const_data_ptr(), kTF32, K, N, N, 0, kBN)))
+    return false;
+  if (run_dw && (!make_map(&dw_a, gmt.const_data_ptr(), kTF32, N, M, M, 0, kBM) ||
+                 !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN)))
+    return false;
+  const int device = x2.get_device();
+  if (run_db) grad_b.copy_(gm.sum(0));
+  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device);
+  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device);
+  g_backward_calls.fetch_add(1);
+  return true;
+}
+
 // ---- introspection ops (namespace twolayer_ops_sm90) ----------------------------------------------------
 
 std::vector<int64_t> info_op() {
@@ -789,36 +819,6 @@ void set_group_m_op(int64_t group_m) {
   TORCH_CHECK(group_m >= 0 && group_m <= 4096, "twolayer_ops_sm90.set_group_m: 0 (the default, ", kGroupM,
               ") or a tile-row count up to 4096, got ", group_m);
   g_group_m.store(int(group_m));
-}
-
-// The TF32 backward. wgmma reads TF32 operands K-major only, so what dX and dW read MN-major is copied
-// once, transposed (W^T, x^T and the masked gradient's transpose: three passes over K x N, K x M and
-// N x M), and both GEMMs run like the forward, A and B K-major. The mask and db are ATen passes
-// (where, and a column sum with no atomics: deterministic). Needs M, N multiples of 4 (16-byte rows).
-bool tf32_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& x2, const at::Tensor& weight,
-                   bool run_dx, bool run_dw, bool run_db, at::Tensor& grad_x, at::Tensor& grad_w,
-                   at::Tensor& grad_b) {
-  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (N % 4 != 0 || (run_dw && M % 4 != 0)) return false;
-  bind_context(x2.get_device());
-  const at::Tensor gm = at::where(o2 <= 0, at::scalar_tensor(0, o2.options()), g2).contiguous();  // NaN passes
-  // dX (M,K) = Gm (M,N) @ W (N,K): A = Gm, B = W^T (K,N), both with N contiguous.
-  // dW (N,K) = Gm^T (N,M) @ x (M,K): A = Gm^T, B = x^T (K,M), both with M contiguous.
-  const at::Tensor wt = run_dx ? weight.t().contiguous() : at::Tensor();
-  const at::Tensor gmt = run_dw ? gm.t().contiguous() : at::Tensor(), xt = run_dw ? x2.t().contiguous() : at::Tensor();
-  CUtensorMap dx_a, dx_b, dw_a, dw_b;
-  if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), kTF32, M, N, N, 0, kBM) ||
-                 !make_map(&dx_b, wt.const_data_ptr(), kTF32, K, N, N, 0, kBN)))
-    return false;
-  if (run_dw && (!make_map(&dw_a, gmt.const_data_ptr(), kTF32, N, M, M, 0, kBM) ||
-                 !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN)))
-    return false;
-  const int device = x2.get_device();
-  if (run_db) grad_b.copy_(gm.sum(0));
-  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device);
-  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device);
-  g_backward_calls.fetch_add(1);
-  return true;
 }
 
 }  // namespace
