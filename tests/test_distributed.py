@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -53,7 +54,14 @@ def single_process_reference(recipe, steps):
 
 @pytest.mark.parametrize("recipe,steps", [("optim", 6), ("grad_accum", 16)])
 def test_two_ranks_match_one_process(recipe, steps, tmp_path):
-    mp.spawn(worker, args=(free_port(), recipe, steps, str(tmp_path)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(worker, args=(free_port(), recipe, steps, str(tmp_path)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as err:
+        # gloo can abort a rank as it shuts down ("terminate called without an active exception": one CI
+        # run in about 13). Results saved before that are checked all the same; a crash before is not excused.
+        if not all((tmp_path / f"rank{rank}.pt").exists() for rank in range(WORLD)):
+            raise
+        warnings.warn(f"a rank exited abnormally after saving its results: {err}")
     want_losses, want_params, want_bias_grad = single_process_reference(recipe, steps)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
