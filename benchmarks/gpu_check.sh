@@ -3,8 +3,8 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
-#          shapes (the native TF32 path, then the default paths), the fused-step benchmark, a native
-#          backtrace of a known crash, memcheck of the sm90 path, then the `more` steps.
+#          shapes, the fused-step benchmark, a native backtrace of a known crash, memcheck of the sm90
+#          path, then the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence,
 #          memcheck and racecheck of every native kernel, the Triton TMA forward.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
@@ -77,7 +77,7 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
 
 # The issue-6 shapes, in order of importance (a step cut short still logs each finished case), then
 # the seed net's two layers (launch-bound: microseconds).
-HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096;float32:4096x4096x4096"
+HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096;float32:4096x4096x4096"
 SEED_CASES="float32:64x1000x100+64x100x10"
 # Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
 parallel=()
@@ -103,11 +103,7 @@ case $stage in
   all)
     # Newest and least-proven work first: the Hopper and fused-step test files lead the test run.
     step tests 230 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}" "${TEST_ORDER[@]}"
-    # The opt-in native TF32 path in a step of its own (a kernel that traps costs only its step), then
-    # the default paths (the sm90 native path, the portable Triton kernels).
-    step kernels_tf32 40 env TWOLAYER_OPS_SM90_TF32=1 "$PY" -m benchmarks.linear_relu --device cuda \
-      --cases "tf32:4096x4096x4096+8192x4096x4096" --modes fwd,fwdbwd --providers native,mm,addmm_act \
-      --csv "$logs/kernels_tf32.csv"
+    # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench

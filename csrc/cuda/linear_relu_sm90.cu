@@ -565,10 +565,10 @@ bool env_enabled() {  // on unless TWOLAYER_OPS_SM90=0
   return on;
 }
 
-bool tf32_env_enabled() {  // off unless TWOLAYER_OPS_SM90_TF32=1: not yet validated on a GPU
+bool tf32_env_enabled() {  // on unless TWOLAYER_OPS_SM90_TF32=0
   static const bool on = [] {
     const char* v = std::getenv("TWOLAYER_OPS_SM90_TF32");
-    return v != nullptr && std::strcmp(v, "1") == 0;
+    return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
 }

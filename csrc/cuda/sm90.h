@@ -11,9 +11,8 @@
 //     these kernels);
 //   * the dtype is float16 or bfloat16 and M*N*K >= 2^24 (smaller problems keep the portable path);
 //     or float32 read as TF32 (forward and backward) when torch.backends.cuda.matmul.allow_tf32 is set
-//     and the TF32 switch is on: TWOLAYER_OPS_SM90_TF32=1 or torch.ops.twolayer_ops_sm90.set_tf32(1).
-//     That switch is off by default until a GPU run validates the TF32 kernel (written 2026-11-28
-//     without a GPU; its GPU tests are the tf32 cases of tests/test_hopper.py);
+//     and the TF32 switch is on: it is by default since an H200 run validated the TF32 kernel
+//     (2026-11-28); TWOLAYER_OPS_SM90_TF32=0 or torch.ops.twolayer_ops_sm90.set_tf32(0) turns it off;
 //   * the operands suit TMA: x and W row-major (unit inner stride, row strides multiples of 16 bytes,
 //     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
 //     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
