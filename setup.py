@@ -74,6 +74,22 @@ def _nvcc_arch_flags():
     return flags + ([sm90a] if sm90a not in flags else [])
 
 
+def _shared_libstdcxx_flags():
+    """Links the process's libstdc++ where the C++ compiler would find only the static one.
+
+    Some toolchains (the GPU image's relocated GCC, CXX=/opt/gcc/bin/g++) have libstdc++.a but no
+    libstdc++.so on their link path, so the extension silently carried its own copy of libstdc++. Its
+    locale facets are not the ones torch's streams were set up with, and the first number formatted into
+    an error message (TORCH_CHECK(..., "got ", step)) segfaulted. Naming the shared library resolves
+    every libstdc++ symbol there first; where the compiler finds it anyway, nothing changes."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([*cxx.split(), "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return [] if os.path.isabs(found.strip()) else ["-l:libstdc++.so.6"]
+
+
 here = os.path.dirname(os.path.abspath(__file__))
 cxx_flags = ["-O3"]  # the C++ standard is torch's own choice (C++20 for torch 2.14)
 link_flags = []
@@ -82,6 +98,7 @@ if sys.platform.startswith("linux"):
     # thread. The libgomp linked here has the soname of torch's own, so the process keeps one runtime.
     cxx_flags.append("-fopenmp")
     link_flags.append("-fopenmp")
+    link_flags += _shared_libstdcxx_flags()
 sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
 if BUILD_CUDA:
     sources += sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))

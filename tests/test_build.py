@@ -1,6 +1,10 @@
 """The build compiled what the machine can compile: CI proves every .cu file builds this way."""
+import importlib.util
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -13,3 +17,14 @@ def test_cuda_kernels_built_where_nvcc_exists():
     assert ops.HAS_CUDA_KERNELS == has_nvcc, (
         f"nvcc {'found' if has_nvcc else 'absent'} but CUDA kernels {'' if ops.HAS_CUDA_KERNELS else 'not '}registered"
     )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None, reason="needs Linux and readelf")
+def test_extension_uses_the_process_libstdcxx():
+    """A toolchain that finds only libstdc++.a gave the extension a second libstdc++ whose locale facets are not
+    torch's: numbers formatted into error messages vanished (here) or segfaulted (the GPU image). setup.py
+    links the shared one there; the extension must depend on it."""
+    so = importlib.util.find_spec("twolayer_ops._C").origin
+    dynamic = subprocess.run(["readelf", "-d", so], capture_output=True, text=True, check=True).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
+    assert "libstdc++.so.6" in needed, f"{so} does not link libstdc++.so.6 (NEEDED: {needed})"

@@ -280,7 +280,7 @@ def test_bad_dtype_and_device_raise():
         ops.two_layer_step(x.half(), y.half(), half(params), half(grads), [], "sgd", 1e-3, 0.0, 0.9, 0.999, 1e-8, 1, 1.0, True)
     with pytest.raises(RuntimeError, match="must be on x's device"):
         ops.two_layer_step(x, y.cpu(), params, grads, [], "sgd", 1e-3, 0.0, 0.9, 0.999, 1e-8, 1, 1.0, True)
-    with pytest.raises(RuntimeError, match="Adam's step count starts at 1"):
+    with pytest.raises(RuntimeError, match="Adam's step count starts at 1, got 0"):
         ops.two_layer_step(x, y, params, grads, [torch.zeros_like(params[i % 4]) for i in range(8)], "adam", 1e-3, 0.0,
                            0.9, 0.999, 1e-8, 0, 1.0, True)
 
