@@ -5,7 +5,7 @@
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
 #          shapes, the fused-step benchmark, memcheck of the sm90 path, then the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence,
-#          memcheck and racecheck of every native kernel, the Triton TMA forward.
+#          memcheck and racecheck of every native kernel, the Triton TMA backward's timing.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -91,13 +91,17 @@ for f in tests/test_*.py; do
   [[ " ${TEST_ORDER[*]} " == *" $f "* || $f == tests/test_properties.py ]] || TEST_ORDER+=("$f")
 done
 TEST_ORDER+=(tests/test_properties.py)
-more_steps() {  # the Hopper evidence, the sanitizers on every native kernel, the Triton TMA forward
+more_steps() {  # the Hopper evidence, the sanitizers on every native kernel, the Triton TMA backward
   step hopper_evidence 60 bash benchmarks/hopper_evidence.sh "$logs/hopper"
   for tool in memcheck racecheck; do
     step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   done
-  step kernels_tma 60 env TWOLAYER_OPS_TRITON_TMA=1 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES" \
-    --modes fwd --providers triton,mm --csv "$logs/kernels_tma.csv"
+  # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton
+  # fwdbwd rows, which ran the portable backward.
+  step kernels_tma_backward 60 "$PY" -c 'import sys; from twolayer_ops.triton_kernels import hopper
+hopper.BACKWARD = True
+from benchmarks import linear_relu; linear_relu.main(sys.argv[1:])' --device cuda --cases "$HOPPER_CASES" \
+    --modes fwdbwd --providers triton,mm --csv "$logs/kernels_tma_backward.csv"
 }
 
 case $stage in

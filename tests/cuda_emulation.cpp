@@ -402,24 +402,30 @@ extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t
 
 namespace {
 
+// launch_gemm of linear_relu.cu: sms stands for the SM count that plans the split over K (0: none).
 template <typename T, int MODE>
-int64_t gemm(const cuda_gemm::GemmArgs& g, int64_t max_blocks) {
+int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms) {
   using P = typename cuda_gemm::PolicyFor<T>::type;
+  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE>(g, sms) : 0;
+  std::vector<typename cuda_gemm::Elem<T>::acc> workspace(size_t(work), NAN);  // unwritten slots read as NaN
+  g.work = workspace.data();
   const int64_t tiles = cuda_gemm::gemm_tiles<T>(g);
   if (tiles <= 0) return 0;
   const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
   gridDim.x = unsigned(grid);
   for (int64_t b = 0; b < grid; ++b) run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g); });
+  if (work > 0)
+    for (int64_t i = 0; i < g.M * g.N; ++i) cuda_gemm::splitk_reduce_body<T, MODE>(g, i);
   return grid;
 }
 
 template <typename T>
 int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b, const void* bias, int64_t bias_s,
-                  void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks) {
+                  void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks, int64_t sms) {
   using namespace cuda_gemm;
-  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks);
-  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks);
-  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks);
+  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms);
+  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms);
+  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms);
 }
 
 }  // namespace
@@ -430,21 +436,22 @@ int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b
 //   mode 0: c (M, N) = relu(a=x @ b=w^T + bias)              (bias may be null)
 //   mode 1: c (M, K) = mask(a=g, o) @ b=w                    (dX)
 //   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
-// At most max_blocks blocks (each then walks several output tiles). Returns the blocks run.
+// At most max_blocks blocks (each then walks several output tiles); sms > 0 plans a split over K as
+// the GPU with that many SMs would (0: never split). Returns the blocks run.
 extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
                                  int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
-                                 int64_t max_blocks) {
+                                 int64_t max_blocks, int64_t sms) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
   switch (dtype) {
     case 0:
-      return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
     case 1:
-      return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
     case 2:
-      return gemm_mode<Half16>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<Half16>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
     default:
-      return gemm_mode<BFloat16Bits>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks);
+      return gemm_mode<BFloat16Bits>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
   }
 }
 

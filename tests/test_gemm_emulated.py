@@ -36,10 +36,11 @@ def as_matrix(t):
 class EmulatedNative:
     """linear_relu and linear_relu_backward as linear_relu.cu runs them (linear_relu_cuda,
     linear_relu_backward_cuda, without the Hopper path), on CPU tensors. max_blocks caps the grid so
-    that each block walks several output tiles; None launches one block per tile, as the GPU does."""
+    that each block walks several output tiles; None launches one block per tile, as the GPU does.
+    sms > 0 splits K as a GPU with that many SMs would (plan_split_k); 0 never splits."""
 
-    def __init__(self, lib, max_blocks=None):
-        self.lib, self.max_blocks = lib, max_blocks
+    def __init__(self, lib, max_blocks=None, sms=0):
+        self.lib, self.max_blocks, self.sms = lib, max_blocks, sms
         self.blocks = []  # blocks of every launch
 
     def linear_relu(self, x, weight, bias):
@@ -80,7 +81,7 @@ class EmulatedNative:
         cap = self.max_blocks or 2**62
         args = (ctypes.c_int(DTYPE_CODES[a.dtype]), ctypes.c_int(mode), *mat(a), *mat(o), *mat(b), ptr(bias),
                 ctypes.c_int64(bias.stride(0) if bias is not None else 0), ptr(c), ptr(db),
-                ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(cap))
+                ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(cap), ctypes.c_int64(self.sms))
         result = []
         worker = threading.Thread(target=lambda: result.append(self.lib.emulated_gemm(*args)), daemon=True)
         worker.start()
@@ -91,12 +92,12 @@ class EmulatedNative:
 
 
 @settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans())
-def test_forward_and_backward_match_reference(emulation, problem, few_blocks):
+@given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans(), sms=st.sampled_from([0, 2, 8]))
+def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms):
     """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
     WMMA for float16 and bfloat16); half the examples on at most 2 blocks, so that each block walks
-    several output tiles."""
-    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None))
+    several output tiles; and K split as a GPU of 2 or 8 SMs would (where K spans 8 K-tiles or more)."""
+    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms))
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
@@ -133,3 +134,34 @@ def test_db_only_pass_and_unrequested_gradients(emulation):
     dx, dw, db = emulated.linear_relu_backward(go, out, x, w, [False, False, True])
     assert dx.numel() == 0 and dw.numel() == 0
     torch.testing.assert_close(db, torch.where(out <= 0, 0.0, go).sum(0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
+def test_split_k(emulation, dtype):
+    """Outputs of a few tiles over a long K split K (the forward, and dX in the last case; dW keeps its
+    db row sums in one pass): K ending inside a K-tile and at one, a grid of one block per work item
+    and one of 2 blocks walking them all (the same bits: the slices are summed in order), bias and none."""
+    bk = 32 if dtype in (torch.float16, torch.bfloat16) else 8
+    for m, k, n, sms, bias in [(70, 40 * bk + 3, 50, 8, True), (129, 9 * bk, 7, 4, False), (5, 33 * bk - 1, 130, 16, True)]:
+        g = torch.Generator().manual_seed(m + k + n)
+        x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
+        w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)
+        b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) if bias else None
+        go = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype)
+        runs = []
+        for max_blocks in (None, 2):
+            emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=sms)
+            out = emulated.linear_relu(x, w, b)
+            ref = linear_relu_ref(x.double(), w.double(), b.double() if bias else None)
+            assert_close_to_ref(out, ref.to(dtype), dtype, f"out {m}x{k}x{n}")
+            gm = torch.where(out.double() <= 0, 0.0, go.double())
+            grads = emulated.linear_relu_backward(go, out, x, w, [True, True, bias])
+            for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
+                if name != "db" or bias:
+                    assert_close_to_ref(got, want.to(dtype), dtype, f"{name} {m}x{k}x{n}")
+            runs.append((out, *grads))
+            tile = 64 if dtype == torch.float64 else 128
+            if max_blocks is None:  # the forward ran more blocks than it has output tiles: K was split
+                assert emulated.blocks[0] > math.ceil(m / tile) * math.ceil(n / tile), emulated.blocks
+        for a, c in zip(*runs):
+            assert torch.equal(a, c)

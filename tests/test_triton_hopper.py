@@ -1,5 +1,5 @@
 """The Hopper path of the Triton backend (triton_kernels/hopper.py): persistent TMA-descriptor GEMM
-kernels, opt-in through TWOLAYER_OPS_TRITON_TMA=1.
+kernels, on by default (TWOLAYER_OPS_TRITON_TMA=0 turns them off).
 
 On CPU: the three kernels run through Triton's interpreter (host-side descriptors included) against
 a float64 reference; the eligibility rules; the fallback where triton lacks descriptors; the
@@ -266,7 +266,7 @@ def run_python(code, **env):
     return result.stdout.split()
 
 
-@pytest.mark.parametrize("value,enabled", [(None, "False"), ("0", "False"), ("1", "True")])
+@pytest.mark.parametrize("value,enabled", [(None, "True"), ("0", "False"), ("1", "True")])
 def test_environment_switch_read_at_import(value, enabled):
     env = {} if value is None else {"TWOLAYER_OPS_TRITON_TMA": value}
     out = run_python("from twolayer_ops.triton_kernels import hopper; print(hopper.ENABLED)", **env)

@@ -85,6 +85,13 @@ __global__ void __launch_bounds__(256, kMinBlocksPerSm<T, MODE>) gemm_kernel(con
   gemm_body<T, MODE>(g);
 }
 
+template <typename T, int MODE>
+__global__ void splitk_reduce_kernel(const GemmArgs g) {
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.M * g.N; i += step)
+    splitk_reduce_body<T, MODE>(g, i);
+}
+
 // dst = mask <= 0 ? 0 : val. relu: mask = val = x; relu backward: mask = out, val = grad_out.
 template <typename T>
 __global__ void relu_mask_kernel(const typename Elem<T>::raw* mask, const typename Elem<T>::raw* val,
@@ -106,14 +113,30 @@ using namespace cuda_gemm;
 
 Mat mat(const at::Tensor& t) { return {t.const_data_ptr(), t.stride(0), t.stride(1)}; }
 
+// One product on like's device; small outputs over a long K split K (plan_split_k), through a workspace.
 template <typename T, int MODE>
-void launch_gemm(const GemmArgs& g) {
+void launch_gemm(GemmArgs g, const at::Tensor& like) {
   using P = typename PolicyFor<T>::type;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.get_device()));
+  const int64_t work = plan_split_k<T, MODE>(g, sms);
+  at::Tensor workspace;
+  if (work > 0) {
+    workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
+    g.work = workspace.data_ptr();
+  }
   const int64_t tiles = gemm_tiles<T>(g);
   if (tiles <= 0) return;  // never launch an empty grid
   const unsigned grid = unsigned(std::min<int64_t>(tiles, INT_MAX));
-  gemm_kernel<T, MODE><<<grid, P::NT, 0, c10::cuda::getCurrentCUDAStream()>>>(g);
+  gemm_kernel<T, MODE><<<grid, P::NT, 0, stream>>>(g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (MODE != 2) {  // dW never splits: its db row sums run inside its tiles
+    if (work <= 0) return;
+    const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(g.M * g.N, 256), 8192));
+    splitk_reduce_kernel<T, MODE><<<blocks, 256, 0, stream>>>(g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor& dst) {
@@ -154,7 +177,8 @@ at::Tensor linear_relu_cuda(const at::Tensor& x, const at::Tensor& weight, const
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_cuda", [&] {
       const bool b = has_bias(bias);
       launch_gemm<scalar_t, 0>(forward_args<scalar_t>(mat(x2), mat(weight), b ? bias->const_data_ptr() : nullptr,
-                                                      b ? bias->stride(0) : 0, out.data_ptr(), M, K, N));
+                                                      b ? bias->stride(0) : 0, out.data_ptr(), M, K, N),
+                               x);
     });
   }
   return out.view(linear_out_sizes(x, N));
@@ -189,10 +213,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cuda(const a
   if (!done_sm90 && (run_dx || run_dw || run_db)) {
     const at::Tensor g = as_matrix(grad_out), o = as_matrix(out);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_backward_cuda", [&] {
-      if (run_dx) launch_gemm<scalar_t, 1>(grad_x_args<scalar_t>(mat(g), mat(o), mat(weight), grad_x.data_ptr(), M, N, K));
+      if (run_dx) launch_gemm<scalar_t, 1>(grad_x_args<scalar_t>(mat(g), mat(o), mat(weight), grad_x.data_ptr(), M, N, K), x);
       if (run_dw || run_db) {  // without dW, c stays nullptr: a db-only pass
         launch_gemm<scalar_t, 2>(grad_w_args<scalar_t>(mat(g), mat(o), mat(x2), run_dw ? grad_w.data_ptr() : nullptr,
-                                                       run_db ? grad_b.data_ptr() : nullptr, M, N, K));
+                                                       run_db ? grad_b.data_ptr() : nullptr, M, N, K),
+                                 x);
       }
     });
   }

@@ -8,6 +8,7 @@
 // own, so that CI runs this code on a CPU (tests/test_gemm_emulated.py).
 #pragma once
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -69,6 +70,12 @@ struct GemmArgs {
   void* db = nullptr;  // (M,) row sums of A, MODE 2 only; nullptr: not wanted
   int64_t bias_s = 0, M = 0, N = 0, K = 0;
   int c_vec = 0;  // C rows may be written as aligned 16-byte vectors
+  // Split K (plan_split_k): splits slices of kper K-tiles each; slice s writes its partial product, as
+  // acc values, to work + s * work_slice (rows of work_ld, padded to whole tiles), and the reduce pass
+  // (splitk_reduce_body) sums the slices in order and applies the epilogue. splits == 1: no split.
+  int splits = 1;
+  int64_t kper = 0, work_ld = 0, work_slice = 0;
+  void* work = nullptr;
 };
 
 // Loads D0 x D1 tiles of an operand, one K-tile after another, into registers (VEC-element chunks,
@@ -120,14 +127,14 @@ struct TileLoader {
       if (le0<E>(m.r[v])) ch.r[v] = raw(0);  // out-of-range mask entries read 0: the value is 0 already
   }
 
-  // Places the chunks at K = 0 of the output tile whose non-K coordinates start at o (of extent).
-  __device__ __forceinline__ void begin(const Opnd& op, int64_t o, int64_t extent, int tid) {
+  // Places the chunks at K coordinate k0 of the output tile whose non-K coordinates start at o (of extent).
+  __device__ __forceinline__ void begin(const Opnd& op, int64_t o, int64_t extent, int64_t k0, int tid) {
     whole = op.vec && (!MASK || op.mvec);
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
       int i0, i1;
       coords(tid + k * NT, op.fast, i0, i1);
-      const int64_t g0 = KAXIS == 0 ? i0 : o + i0, g1 = KAXIS == 0 ? o + i1 : i1;
+      const int64_t g0 = KAXIS == 0 ? k0 + i0 : o + i0, g1 = KAXIS == 0 ? o + i1 : k0 + i1;
       const int64_t left = extent - (KAXIS == 0 ? g1 : g0);
       room[k] = op.fast == KAXIS ? (left > 0 ? VEC : 0) : int(left <= 0 ? 0 : left < VEC ? left : VEC);
       whole = whole && room[k] == VEC;
@@ -280,6 +287,16 @@ struct SimtPolicy {
       }
     }
   }
+
+  // A split-K slice's partial product, whole tile (the workspace is padded to whole tiles).
+  __device__ __forceinline__ static void store_partial(const Acc& a, acc_t* w, int64_t ld, int64_t m0, int64_t n0,
+                                                       int tid) {
+    const int ty = tid / (BN / TN), tx = tid % (BN / TN);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) w[(m0 + row(i, ty)) * ld + n0 + col(j, tx)] = a.v[i][j];
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +398,17 @@ struct WmmaPolicy {
       }
     }
   }
+
+  // A split-K slice's partial product, whole tile (the workspace is padded to whole tiles).
+  __device__ __forceinline__ static void store_partial(const Acc& a, float* w, int64_t ld, int64_t m0, int64_t n0, int tid) {
+    const int warp = tid / 32, wm = warp / (BN / WN), wn = warp % (BN / WN);
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+        nvcuda::wmma::store_matrix_sync(w + (m0 + wm * WM + i * 16) * ld + n0 + wn * WN + j * 16, a.f[i][j],
+                                        unsigned(ld), nvcuda::wmma::mem_row_major);
+  }
 };
 
 // The policy of each element type: SIMT for float and double here; linear_relu.cu picks WMMA for
@@ -397,9 +425,9 @@ struct PolicyFor<double> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The GEMM kernel. Each block walks output tiles t = blockIdx.x, + gridDim.x, ... (tm fastest),
-// so no grid dimension can overflow. Main loop: the next K-tile is fetched into registers while
-// the current one is multiplied from shared memory; one barrier per K-tile.
+// The GEMM kernel. Each block walks work items t = blockIdx.x, + gridDim.x, ... (an output tile,
+// tm fastest, then the K slice), so no grid dimension can overflow. Main loop: the next K-tile is
+// fetched into registers while the current one is multiplied from shared memory; one barrier per K-tile.
 
 template <typename T, int MODE>
 __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
@@ -421,32 +449,33 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
   const int tid = threadIdx.x;
   const bool do_mma = g.c != nullptr;
   const int64_t mt = (g.M + BM - 1) / BM, nt = do_mma ? (g.N + BN - 1) / BN : 1;
-  const int64_t nk = (g.K + BK - 1) / BK;
+  const int64_t nk = (g.K + BK - 1) / BK, kper = g.splits > 1 ? g.kper : nk;
 
-  for (int64_t t = blockIdx.x; t < mt * nt; t += gridDim.x) {
-    const int64_t m0 = (t % mt) * BM, n0 = (t / mt) * BN;
+  for (int64_t t = blockIdx.x; t < mt * nt * g.splits; t += gridDim.x) {
+    const int64_t tile = t % (mt * nt), m0 = (tile % mt) * BM, n0 = (tile / mt) * BN;
+    const int64_t kt0 = (t / (mt * nt)) * kper, kt1 = kt0 + kper < nk ? kt0 + kper : nk;
     [[maybe_unused]] const bool do_sum = ROWSUM && g.db != nullptr && n0 == 0;
     [[maybe_unused]] acc_t rs = acc_t(0);
     typename P::Acc acc;
     if (do_mma) P::zero(acc);
 
-    if (nk > 0) {
-      la.begin(g.a, m0, g.M, tid);
-      la.load(g.a, 0, g.K, tid);
+    if (kt0 < kt1) {
+      la.begin(g.a, m0, g.M, kt0 * BK, tid);
+      la.load(g.a, kt0 * BK, g.K, tid);
       if (do_mma) {
-        lb.begin(g.b, n0, g.N, tid);
-        lb.load(g.b, 0, g.K, tid);
+        lb.begin(g.b, n0, g.N, kt0 * BK, tid);
+        lb.load(g.b, kt0 * BK, g.K, tid);
       }
       la.store(As, g.a.fast, tid);
       if (do_mma) lb.store(Bs, g.b.fast, tid);
     }
     __syncthreads();
 
-    for (int64_t kt = 0; kt < nk; ++kt) {
-      const int cur = int(kt & 1);
+    for (int64_t kt = kt0; kt < kt1; ++kt) {
+      const int cur = int(kt & 1);  // the stage: kt0 is even (plan_split_k)
       const raw* Ac = As + cur * P::A_STAGE;
       const raw* Bc = Bs + cur * P::B_STAGE;
-      const bool next = kt + 1 < nk;
+      const bool next = kt + 1 < kt1;
       if (next) {
         la.load(g.a, (kt + 1) * BK, g.K, tid);
         if (do_mma) lb.load(g.b, (kt + 1) * BK, g.K, tid);
@@ -465,12 +494,29 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       __syncthreads();
     }
 
-    if (do_mma) P::template epilogue<MODE>(acc, smem, g, m0, n0, tid);
+    if (g.splits > 1) {
+      P::store_partial(acc, static_cast<acc_t*>(g.work) + (t / (mt * nt)) * g.work_slice, g.work_ld, m0, n0, tid);
+    } else if (do_mma) {
+      P::template epilogue<MODE>(acc, smem, g, m0, n0, tid);
+    }
     if constexpr (ROWSUM) {
       if (do_sum && tid < BM && m0 + tid < g.M) static_cast<raw*>(g.db)[m0 + tid] = E::fromf(rs);
     }
     __syncthreads();  // the epilogue's staging and the next tile's prologue share the memory
   }
+}
+
+// The split-K reduce pass, element i of C: the slices' partial sums in slice order (deterministic),
+// then the epilogue.
+template <typename T, int MODE>
+__device__ __forceinline__ void splitk_reduce_body(const GemmArgs& g, int64_t i) {
+  using E = Elem<T>;
+  using acc_t = typename E::acc;
+  const int64_t m = i / g.N, n = i % g.N;
+  const acc_t* w = static_cast<const acc_t*>(g.work) + m * g.work_ld + n;
+  acc_t v = w[0];
+  for (int s = 1; s < g.splits; ++s) v += w[s * g.work_slice];
+  static_cast<typename E::raw*>(g.c)[i] = E::fromf(epilogue_value<E, MODE>(v, g, n));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,11 +618,37 @@ GemmArgs grad_w_args(Mat g, Mat o, Mat x, void* dw, void* db, int64_t M, int64_t
   return a;
 }
 
-// Output tiles of a product: the blocks of its grid, before the grid's cap at INT_MAX.
+// Work items of a product (output tiles times K slices): the blocks of its grid, before the grid's
+// cap at INT_MAX.
 template <typename T>
 int64_t gemm_tiles(const GemmArgs& g) {
   using P = typename PolicyFor<T>::type;
-  return ceil_div(g.M, P::BM) * (g.c != nullptr ? ceil_div(g.N, P::BN) : 1);
+  return ceil_div(g.M, P::BM) * (g.c != nullptr ? ceil_div(g.N, P::BN) : 1) * g.splits;
+}
+
+// Splits K where the output tiles alone would leave SMs idle and K is long: the seed's forward,
+// 64x1000 -> 100, is one 128x128 tile whose block walked all 125 K-tiles while 131 SMs waited. Aims
+// at two blocks per SM, each slice at least kMinKTiles deep (the reduce pass costs a launch and a
+// read of every slice). Not for the dW product, whose db row sums run inside its tiles. Sets g's
+// split fields except work; returns the workspace's size in acc elements (0: no split).
+template <typename T, int MODE>
+int64_t plan_split_k(GemmArgs& g, int64_t sms) {
+  using P = typename PolicyFor<T>::type;
+  constexpr int64_t kMinKTiles = 4;
+  g.splits = 1;
+  if (MODE == 2 || g.c == nullptr || g.M <= 0 || g.N <= 0) return 0;
+  const int64_t tiles = gemm_tiles<T>(g), nk = ceil_div(g.K, P::BK);
+  const int64_t want = std::min(2 * sms / std::max<int64_t>(tiles, 1), nk / kMinKTiles);
+  if (tiles >= sms || want < 2) return 0;
+  g.kper = ceil_div(ceil_div(nk, want), 2) * 2;  // even: each slice starts on shared-memory stage 0
+  g.splits = int(ceil_div(nk, g.kper));            // no empty slice
+  if (g.splits < 2) {
+    g.splits = 1;
+    return 0;
+  }
+  g.work_ld = ceil_div(g.N, P::BN) * P::BN;
+  g.work_slice = ceil_div(g.M, P::BM) * P::BM * g.work_ld;
+  return g.splits * g.work_slice;
 }
 
 }  // namespace cuda_gemm

