@@ -115,13 +115,13 @@ case $stage in
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     more_steps
     summarize_tests
-    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -34 "$logs/hopper_evidence.log" 2>/dev/null
+    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
   more)
     # What `all` reaches last, for a second call on the same warm machine.
     more_steps
-    echo; tail -34 "$logs/hopper_evidence.log"
+    echo; tail -50 "$logs/hopper_evidence.log"
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
   test)
@@ -146,7 +146,7 @@ case $stage in
     step sanitize_sm90 120 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     step fused_step_bench 150 "$PY" -m benchmarks.fused_step_bench
     step triton_tune 240 "$PY" -m benchmarks.triton_tune --out "$out" --budget-s 180
-    echo; tail -34 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
+    echo; tail -50 "$logs/hopper_evidence.log"; echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -30 "$logs/triton_tune.log"
     ;;
   *) echo "unknown stage $stage: all, test, report or tune"; exit 2 ;;
 esac

@@ -9,7 +9,9 @@
 #    cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager PyTorch, bf16 8192x4096 -> 4096,
 #    forward and forward + backward; the sm90 forward under each group height of its persistent order
 #    (set_group_m: 1 to 64 tile-rows); plus the masking pass's bytes timed as torch.where (the cost of
-#    writing the masked gradient once). Prints a short table last. About a minute of GPU time once built.
+#    writing the masked gradient once); then TF32 float32 4096^3, forward and backward against cuBLAS
+#    TF32, with the TF32 backward's mask pass and transposed copies timed alone. Prints short tables
+#    last. About a minute of GPU time once built.
 # Builds the extension first (into OUT_DIR/build.log) only when twolayer_ops._C is not importable.
 set -uo pipefail
 out=${1:?usage: hopper_evidence.sh OUT_DIR}
@@ -111,16 +113,45 @@ row("sm90 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward
 sm90.set_mode(-1)
 row("cuBLAS 2 mm (bwd)", "bwd", lambda: (torch.mm(go, w.detach()), torch.mm(go.t(), x.detach())))
 
-flops = {"fwd": 2 * M * N * K, "fwd+bwd": 6 * M * N * K, "bwd": 4 * M * N * K}
-base = {mode: t[0] for name, mode, t in rows_out if name.startswith("cuBLAS")}
-print()
-print(f"| bf16 {M}x{K}->{N} | mode | p50 us | p20 | p80 | TFLOP/s | x cuBLAS |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for name, mode, (p50, p20, p80) in rows_out:
-    tf = flops[mode] / (p50 * 1e-3) / 1e12
-    ratio = p50 / base[mode] if mode in base else float("nan")
-    print(f"| {name} | {mode} | {p50 * 1e3:.1f} | {p20 * 1e3:.1f} | {p80 * 1e3:.1f} | {tf:.0f} | {ratio:.3f} |")
-json.dump({"errors": errs, "rows": [[n, m, t] for n, m, t in rows_out], "device": torch.cuda.get_device_name()},
+bf16_rows, rows_out = rows_out, []
+
+# TF32 float32 4096^3: the forward and the backward against cuBLAS TF32, and the backward's passes
+# besides its two GEMMs (TF32 wgmma reads K-major operands only, so it masks g and copies three
+# operands transposed), each timed alone.
+Mt = Kt = Nt = 4096
+torch.backends.cuda.matmul.allow_tf32 = True
+xt = torch.randn(Mt, Kt, device="cuda", generator=g)
+wt = torch.randn(Nt, Kt, device="cuda", generator=g) / math.sqrt(Kt)
+bt = torch.randn(Nt, device="cuda", generator=g)
+got = torch.randn(Mt, Nt, device="cuda", generator=g)
+out_t = torch.relu(F.linear(xt, wt, bt))
+gm_t = torch.where(out_t <= 0, 0, got)
+row("cuBLAS TF32 mm", "fwd", lambda: torch.mm(xt, wt.t()))
+with torch.no_grad():
+    row("sm90 TF32", "fwd", lambda: linear_relu(xt, wt, bt, backend="native"))
+row("cuBLAS TF32 2 mm", "bwd", lambda: (torch.mm(got, wt), torch.mm(got.t(), xt)))
+row("sm90 TF32 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(got, out_t, xt, wt, [True, True, True]))
+row("  mask: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_t <= 0, 0, got))
+row("  W^T copy", "bwd", lambda: wt.t().contiguous())
+row("  x^T copy", "bwd", lambda: xt.t().contiguous())
+row("  masked g^T copy", "bwd", lambda: gm_t.t().contiguous())
+torch.backends.cuda.matmul.allow_tf32 = False
+print("sm90 calls after the TF32 rows (fwd, bwd):", sm90.info()[3:5])
+
+def table(title, rows, m, k, n):
+    flops = {"fwd": 2 * m * n * k, "fwd+bwd": 6 * m * n * k, "bwd": 4 * m * n * k}
+    base = {mode: t[0] for name, mode, t in rows if name.startswith("cuBLAS")}
+    print()
+    print(f"| {title} | mode | p50 us | p20 | p80 | TFLOP/s | x cuBLAS |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, mode, (p50, p20, p80) in rows:
+        tf = flops[mode] / (p50 * 1e-3) / 1e12
+        ratio = p50 / base[mode] if mode in base else float("nan")
+        print(f"| {name} | {mode} | {p50 * 1e3:.1f} | {p20 * 1e3:.1f} | {p80 * 1e3:.1f} | {tf:.0f} | {ratio:.3f} |")
+
+table(f"bf16 {M}x{K}->{N}", bf16_rows, M, K, N)
+table(f"tf32 {Mt}x{Kt}->{Nt}", rows_out, Mt, Kt, Nt)
+json.dump({"errors": errs, "rows": [[n, m, t] for n, m, t in bf16_rows + rows_out], "device": torch.cuda.get_device_name()},
           open(f"{out_dir}/timing.json", "w"), indent=1)
 EOF
 

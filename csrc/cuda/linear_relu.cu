@@ -10,6 +10,8 @@
 // The mask (out <= 0 ? 0 : g) is applied as the G tiles go from registers to shared memory.
 // db is deterministic: the blocks of the first column of output tiles (n0 == 0) already stream
 // every masked G element of their rows, and each sums its own rows in a fixed order; no atomics.
+// Forward and dX outputs of too few tiles to fill the GPU split K (plan_split_k): each slice writes
+// its partial product to a workspace, and splitk_reduce_kernel sums them in order, then the epilogue.
 // float32 / float64 run a SIMT path (FMA, never TF32); float16 / bfloat16 run WMMA tensor cores
 // (16x16x16, float accumulators) with the epilogue staged through shared memory.
 // The operands, the tile loader, both policies and the kernel body are plain C++ in linear_relu_gemm.h
