@@ -96,7 +96,7 @@ class EmulatedNative:
 def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms):
     """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
     WMMA for float16 and bfloat16); half the examples on at most 2 blocks, so that each block walks
-    several output tiles; and K split as a GPU of 2 or 8 SMs would (where K spans 8 K-tiles or more)."""
+    several output tiles; and K split as a GPU of 2 or 8 SMs would (where K spans 16 K-tiles or more)."""
     check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms))
 
 
@@ -142,7 +142,7 @@ def test_split_k(emulation, dtype):
     db row sums in one pass): K ending inside a K-tile and at one, a grid of one block per work item
     and one of 2 blocks walking them all (the same bits: the slices are summed in order), bias and none."""
     bk = 32 if dtype in (torch.float16, torch.bfloat16) else 8
-    for m, k, n, sms, bias in [(70, 40 * bk + 3, 50, 8, True), (129, 9 * bk, 7, 4, False), (5, 33 * bk - 1, 130, 16, True)]:
+    for m, k, n, sms, bias in [(70, 40 * bk + 3, 50, 8, True), (129, 17 * bk, 7, 4, False), (5, 33 * bk - 1, 130, 16, True)]:
         g = torch.Generator().manual_seed(m + k + n)
         x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
         w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)

@@ -628,13 +628,14 @@ int64_t gemm_tiles(const GemmArgs& g) {
 
 // Splits K where the output tiles alone would leave SMs idle and K is long: the seed's forward,
 // 64x1000 -> 100, is one 128x128 tile whose block walked all 125 K-tiles while 131 SMs waited. Aims
-// at two blocks per SM, each slice at least kMinKTiles deep (the reduce pass costs a launch and a
-// read of every slice). Not for the dW product, whose db row sums run inside its tiles. Sets g's
-// split fields except work; returns the workspace's size in acc elements (0: no split).
+// at two blocks per SM, each slice at least kMinKTiles deep: the reduce pass costs a launch (a few
+// microseconds) and a read of every slice, about what a block spends on 8 K-tiles. Not for the dW
+// product, whose db row sums run inside its tiles. Sets g's split fields except work; returns the
+// workspace's size in acc elements (0: no split).
 template <typename T, int MODE>
 int64_t plan_split_k(GemmArgs& g, int64_t sms) {
   using P = typename PolicyFor<T>::type;
-  constexpr int64_t kMinKTiles = 4;
+  constexpr int64_t kMinKTiles = 8;
   g.splits = 1;
   if (MODE == 2 || g.c == nullptr || g.M <= 0 || g.N <= 0) return 0;
   const int64_t tiles = gemm_tiles<T>(g), nk = ceil_div(g.K, P::BK);
