@@ -107,7 +107,7 @@ from benchmarks import linear_relu; linear_relu.main(sys.argv[1:])' --device cud
 case $stage in
   all)
     # Newest and least-proven work first: the Hopper and fused-step test files lead the test run.
-    step tests 230 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}" "${TEST_ORDER[@]}"
+    step tests 260 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}" "${TEST_ORDER[@]}"
     # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"

@@ -348,7 +348,7 @@ def test_kept_configs_compile_for_sm90_with_wgmma_and_tma(kernel, dtype, config,
 
 @pytest.fixture
 def tma_launches(monkeypatch):
-    """Forces the TMA path on (as TWOLAYER_OPS_TRITON_TMA=1 would) and records each TMA launch."""
+    """Forces the TMA path on (the default unless TWOLAYER_OPS_TRITON_TMA=0) and records each TMA launch."""
     monkeypatch.setattr(hopper, "ENABLED", True)
     monkeypatch.setattr(hopper, "BACKWARD", False)
     launched = []
