@@ -5,7 +5,8 @@
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
 #          shapes, the fused-step benchmark, memcheck of the sm90 path, then the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence,
-#          memcheck and racecheck of every native kernel, the Triton TMA backward's timing.
+#          memcheck and racecheck of every native kernel, the Triton TMA backward's timing, Nsight
+#          Compute profiles of the sm90 and SIMT forwards next to cuBLAS's kernels.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -91,7 +92,7 @@ for f in tests/test_*.py; do
   [[ " ${TEST_ORDER[*]} " == *" $f "* || $f == tests/test_properties.py ]] || TEST_ORDER+=("$f")
 done
 TEST_ORDER+=(tests/test_properties.py)
-more_steps() {  # the Hopper evidence, the sanitizers on every native kernel, the Triton TMA backward
+more_steps() {  # the Hopper evidence, the sanitizers, the Triton TMA backward, Nsight Compute profiles
   step hopper_evidence 60 bash benchmarks/hopper_evidence.sh "$logs/hopper"
   for tool in memcheck racecheck; do
     step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
@@ -102,6 +103,8 @@ more_steps() {  # the Hopper evidence, the sanitizers on every native kernel, th
 hopper.BACKWARD = True
 from benchmarks import linear_relu; linear_relu.main(sys.argv[1:])' --device cuda --cases "$HOPPER_CASES" \
     --modes fwdbwd --providers triton,mm --csv "$logs/kernels_tma_backward.csv"
+  # Where the sm90 and SIMT GEMMs lose to cuBLAS: Nsight Compute, one launch of each, next to cuBLAS's.
+  step profile_gemms 120 bash benchmarks/profile_gemms.sh "$logs/profiles"
 }
 
 case $stage in
@@ -116,12 +119,13 @@ case $stage in
     more_steps
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
+    echo; cat "$logs/profile_gemms.log" 2>/dev/null
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
   more)
     # What `all` reaches last, for a second call on the same warm machine.
     more_steps
-    echo; tail -50 "$logs/hopper_evidence.log"
+    echo; tail -50 "$logs/hopper_evidence.log"; echo; cat "$logs/profile_gemms.log"
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
     ;;
   test)
