@@ -1,5 +1,14 @@
-"""The benchmark drivers run end to end on tiny problems and produce the rows the report needs."""
+"""The benchmark drivers run end to end on tiny problems and produce the rows the report needs; the
+GPU-only scripts at least parse."""
+import pathlib
+import re
+import subprocess
+
+import pytest
+
 from benchmarks import fused_step_bench, linear_relu, trainers
+
+SCRIPTS = sorted(pathlib.Path(__file__).resolve().parent.parent.glob("benchmarks/*.sh"))
 
 
 def test_kernel_benchmark_rows_and_ratios():
@@ -27,3 +36,13 @@ def test_fused_step_benchmark_on_cpu(capsys):
     rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
     assert {"fused_run", "fused_step", "eager", "compile"} <= rows and "graph" not in rows
     assert "fused_run target >= 3x eager" in out
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_gpu_scripts_parse(script):
+    """The GPU machine is the only place these run: bash and the Python they embed (<<'EOF' blocks)
+    must at least parse here, so that no GPU time goes to a syntax error."""
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for block in re.findall(r"<<'EOF'[^\n]*\n(.*?)\nEOF\n", script.read_text(), flags=re.S):
+        compile(block, f"{script.name} (embedded Python)", "exec")
