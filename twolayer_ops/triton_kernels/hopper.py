@@ -7,7 +7,7 @@ linear_relu.py unchanged. On an H200 (triton 3.6, 2026-11-28) the forward matche
 first masked g in registers, gave wrong, run-to-run different gradients (a ptxas hazard on
 register-fed wgmma: see linear_relu.mask_in_kernel). They now take g masked beforehand and read every
 operand from shared memory, like the forward, and passed every GPU test of that run; they stay off
-(BACKWARD) until a GPU run times them against the portable backward (gpu_check's kernels_tma step).
+(BACKWARD) until a GPU run times them against the portable backward (gpu_check's kernels_tma_backward step).
 
 The three kernels compute what the portable ones compute (the same fused epilogue, the same masked
 gradient, db without atomics), on another scheme:
