@@ -449,9 +449,10 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
   const int tid = threadIdx.x;
   const bool do_mma = g.c != nullptr;
   const int64_t mt = (g.M + BM - 1) / BM, nt = do_mma ? (g.N + BN - 1) / BN : 1;
-  const int64_t nk = (g.K + BK - 1) / BK, kper = g.splits > 1 ? g.kper : nk;
+  const int splits = ROWSUM ? 1 : g.splits;  // dW never splits (plan_split_k): no split code there
+  const int64_t nk = (g.K + BK - 1) / BK, kper = splits > 1 ? g.kper : nk;
 
-  for (int64_t t = blockIdx.x; t < mt * nt * g.splits; t += gridDim.x) {
+  for (int64_t t = blockIdx.x; t < mt * nt * splits; t += gridDim.x) {
     const int64_t tile = t % (mt * nt), m0 = (tile % mt) * BM, n0 = (tile / mt) * BN;
     const int64_t kt0 = (t / (mt * nt)) * kper, kt1 = kt0 + kper < nk ? kt0 + kper : nk;
     [[maybe_unused]] const bool do_sum = ROWSUM && g.db != nullptr && n0 == 0;
@@ -494,7 +495,7 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       __syncthreads();
     }
 
-    if (g.splits > 1) {
+    if (splits > 1) {
       P::store_partial(acc, static_cast<acc_t*>(g.work) + (t / (mt * nt)) * g.work_slice, g.work_ld, m0, n0, tid);
     } else if (do_mma) {
       P::template epilogue<MODE>(acc, smem, g, m0, n0, tid);
