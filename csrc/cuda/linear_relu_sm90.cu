@@ -678,13 +678,15 @@ bool tma_readable(const at::Tensor& t) {
          t.size(1) < kMaxExtent;
 }
 
-// Everything but the operand layouts: dtype, size, the switches, the device.
-bool path_applies(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
-  if (element_type(x2) < 0) return false;
-  if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return false;
-  if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return false;  // small: portable path
-  if (!x2.is_cuda() || !path_enabled()) return false;
-  return probe_device(x2.get_device()) == 1;
+// Everything but the operand layouts: dtype, size, the switches, the device. The path's element type
+// (element_type) where it applies, else -1.
+int path_element_type(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
+  const int dt = element_type(x2);
+  if (dt < 0) return -1;
+  if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return -1;
+  if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return -1;  // small: portable path
+  if (!x2.is_cuda() || !path_enabled()) return -1;
+  return probe_device(x2.get_device()) == 1 ? dt : -1;
 }
 
 template <int DT, int TA, int TB, bool RELU>
@@ -826,9 +828,9 @@ void set_group_m_op(int64_t group_m) {
 bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  at::Tensor& out) {
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K) || !tiles_fit(M, N)) return false;
+  const int dt = path_element_type(x2, M, N, K);
+  if (dt < 0 || !tiles_fit(M, N)) return false;
   if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
-  const int dt = element_type(x2);
   bind_context(x2.get_device());
   CUtensorMap ma, mb;
   if (!make_map(&ma, x2.const_data_ptr(), dt, M, K, x2.stride(0), 0, kBM) ||
@@ -856,14 +858,14 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
                   at::Tensor& grad_b) {
   if (!run_dx && !run_dw) return false;  // db alone: the portable single pass
   const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
-  if (!path_applies(x2, M, N, K)) return false;
+  const int dt = path_element_type(x2, M, N, K);
+  if (dt < 0) return false;
   if (run_dx && (!tiles_fit(M, K) || !grad_x.is_contiguous())) return false;
   if (run_dw && (!tiles_fit(N, K) || !grad_w.is_contiguous())) return false;
   if (run_db && !grad_b.is_contiguous()) return false;
-  if (element_type(x2) == kTF32) return tf32_backward(g2, o2, x2, weight, run_dx, run_dw, run_db, grad_x, grad_w, grad_b);
+  if (dt == kTF32) return tf32_backward(g2, o2, x2, weight, run_dx, run_dw, run_db, grad_x, grad_w, grad_b);
   if (N % 8 != 0 || !tma_readable(x2) || !tma_readable(weight)) return false;
-  const bool bf16 = element_type(x2) == kBF16;
-  const int dt = bf16 ? kBF16 : kF16;
+  const bool bf16 = dt == kBF16;
   at::Tensor gm = at::empty({M, N}, x2.options());
   bind_context(x2.get_device());
   // dX = Gm (M,N) @ W (N,K): A = Gm K-major (box 64 of N x 128 rows), B = W MN-major (64 of K x 64 of N).
