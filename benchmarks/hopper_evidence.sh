@@ -5,13 +5,14 @@
 #    HGMMA / UTMALDG / USETMAXREG / LDL / STL counts (`python -m benchmarks.machine_code`);
 #    the ptxas lines of the sm90 kernels when a build log is at hand (OUT_DIR/build.log or $BUILD_LOG);
 # 2. a quick correctness check of the sm90 path (relative error vs float64 on sampled rows);
-# 3. timings in one run, triton.testing.do_bench medians: the sm90 path, the portable native kernels,
-#    cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager PyTorch, bf16 8192x4096 -> 4096,
-#    forward and forward + backward; the sm90 forward under each group height of its persistent order
-#    (set_group_m: 1 to 64 tile-rows); plus the masking pass's bytes timed as torch.where (the cost of
-#    writing the masked gradient once); then TF32 float32 4096^3, forward and backward against cuBLAS
-#    TF32, with the TF32 backward's mask pass and transposed copies timed alone. Prints short tables
-#    last. About a minute of GPU time once built.
+# 3. timings in one run, triton.testing.do_bench medians: the sm90 path (without and with two-block
+#    clusters, set_cluster), the portable native kernels, cuBLAS (torch.mm: 1 GEMM forward, 3 for
+#    forward + backward) and eager PyTorch, bf16 8192x4096 -> 4096, forward and forward + backward; the
+#    sm90 forward under each group height of its persistent order (set_group_m: 1 to 64 tile-rows),
+#    without and with clusters; plus the masking pass's bytes timed as torch.where (the cost of writing
+#    the masked gradient once); then TF32 float32 4096^3, forward (with and without clusters) and
+#    backward against cuBLAS TF32, with the TF32 backward's mask pass and transposed copies timed alone.
+#    Prints short tables last. About a minute of GPU time once built.
 # Builds the extension first (into OUT_DIR/build.log) only when twolayer_ops._C is not importable.
 set -uo pipefail
 out=${1:?usage: hopper_evidence.sh OUT_DIR}
@@ -56,20 +57,25 @@ def rel(a, r):
     a, r = a.double(), r.double()
     return ((a - r).norm() / r.norm()).item()
 
-# Correctness on sampled rows / the full weight gradient, sm90 path on.
+# Correctness on sampled rows / the full weight gradient, sm90 path on, without and with clusters.
 sm90.set_mode(1)
 rows = torch.arange(0, M, 37, device="cuda")
-y = linear_relu(x, w, b, backend="native")
-gx, gw, gb = torch.autograd.grad(y, (x, w, b), go)
-torch.cuda.synchronize()
 xd, wd, bd, god = x.detach().double(), w.detach().double(), b.detach().double(), go.double()
 pre = xd @ wd.t() + bd
 ref = torch.relu(pre)
 gm = torch.where(ref <= 0, 0, god)
-errs = {"out": rel(y[rows], ref[rows]), "grad_x": rel(gx[rows], (gm @ wd)[rows]), "grad_w": rel(gw, gm.t() @ xd),
-        "grad_b": rel(gb, gm.sum(0))}
-print("sm90 calls (fwd, bwd):", sm90.info()[3:5], " rel errors vs float64:", {k: f"{v:.2e}" for k, v in errs.items()})
-del xd, wd, bd, god, pre, ref, gm
+errs = {}
+for cluster in (1, 2):
+    sm90.set_cluster(cluster)
+    y = linear_relu(x, w, b, backend="native")
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), go)
+    torch.cuda.synchronize()
+    errs[f"cluster={cluster}"] = {"out": rel(y[rows], ref[rows]), "grad_x": rel(gx[rows], (gm @ wd)[rows]),
+                                  "grad_w": rel(gw, gm.t() @ xd), "grad_b": rel(gb, gm.sum(0))}
+    print(f"cluster={cluster}: sm90 calls (fwd, bwd, 2-block launches):", sm90.info()[3:5], sm90.info()[7],
+          " rel errors vs float64:", {k: f"{v:.2e}" for k, v in errs[f"cluster={cluster}"].items()})
+sm90.set_cluster(-1)
+del xd, wd, bd, god, pre, ref, gm, y, gx, gw, gb
 
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
@@ -93,6 +99,7 @@ for mode, nat, mm in (
 ):
     row("cuBLAS mm", mode, mm)
     sm90.set_mode(1); row("sm90", mode, nat)
+    sm90.set_cluster(2); row("sm90 2-block clusters", mode, nat); sm90.set_cluster(-1)
     sm90.set_mode(0); row("portable", mode, nat)
     sm90.set_mode(-1)
     if mode == "fwd":
@@ -102,10 +109,13 @@ for mode, nat, mm in (
         row("eager linear+relu", mode, lambda: torch.autograd.grad(torch.relu(F.linear(x, w, b)), (x, w, b), go))
 # The persistent order's group height (tile-rows that sweep the columns together; default 16).
 sm90.set_mode(1)
-for group_m in (1, 2, 4, 8, 16, 32, 64):
-    sm90.set_group_m(group_m)
-    row(f"sm90 group_m={group_m}", "fwd", native_fwd)
+for cluster in (1, 2):
+    sm90.set_cluster(cluster)
+    for group_m in (2, 4, 8, 16, 32, 64) if cluster == 2 else (1, 2, 4, 8, 16, 32, 64):
+        sm90.set_group_m(group_m)
+        row(f"sm90 cluster={cluster} group_m={group_m}", "fwd", native_fwd)
 sm90.set_group_m(0)
+sm90.set_cluster(-1)
 sm90.set_mode(-1)
 row("mask pass proxy: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_saved <= 0, 0, go))
 sm90.set_mode(1)
@@ -129,6 +139,9 @@ gm_t = torch.where(out_t <= 0, 0, got)
 row("cuBLAS TF32 mm", "fwd", lambda: torch.mm(xt, wt.t()))
 with torch.no_grad():
     row("sm90 TF32", "fwd", lambda: linear_relu(xt, wt, bt, backend="native"))
+    sm90.set_cluster(2)
+    row("sm90 TF32 2-block clusters", "fwd", lambda: linear_relu(xt, wt, bt, backend="native"))
+    sm90.set_cluster(-1)
 row("cuBLAS TF32 2 mm", "bwd", lambda: (torch.mm(got, wt), torch.mm(got.t(), xt)))
 row("sm90 TF32 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(got, out_t, xt, wt, [True, True, True]))
 row("  mask: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_t <= 0, 0, got))

@@ -8,7 +8,8 @@ barrier waits trap after a few seconds) fails these tests instead of poisoning t
 whole session. The worker runs every case once, writes one result per case to a JSON file as it goes,
 and each parametrized test below reports one case. Run the worker alone with
     TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
-(the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`).
+(the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2
+runs the GEMMs in two-block clusters, as test_sm90_path_in_two_block_clusters does for every case).
 Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
 kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
 """
@@ -312,7 +313,8 @@ CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32"
 
 
 def worker(out_path, only=None):
-    """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}."""
+    """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and the
+    cluster setting and cluster launches at the end under "cluster" (info()[6:8])."""
     results = {}
     for case_id in CASE_IDS:
         if only and only not in case_id:
@@ -326,14 +328,16 @@ def worker(out_path, only=None):
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
+    results["cluster"] = torch.ops.twolayer_ops_sm90.info()[6:8]
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
 
 
 # ---- the tests -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def worker_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sm90") / "results.json"
-    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1")
+def _run_worker(out, cluster):
+    """The worker in a fresh process with the path on and TWOLAYER_OPS_SM90_CLUSTER=cluster: (results, log)."""
+    env = dict(os.environ, TWOLAYER_OPS_SM90="1", TWOLAYER_OPS_SM90_CLUSTER=cluster, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -346,6 +350,11 @@ def worker_results(tmp_path_factory):
     return results, log
 
 
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory):
+    return _run_worker(tmp_path_factory.mktemp("sm90") / "results.json", cluster="1")
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _is_sm90(), reason="needs a compute capability 9.0 GPU (H100 / H200)")
 @pytest.mark.parametrize("case", CASE_IDS)
@@ -354,6 +363,21 @@ def test_sm90_path(worker_results, case):
     if case not in results:
         pytest.fail(f"the worker reported nothing for {case} (a crash or a hang before it?):\n{log}")
     assert results[case] == "ok", results[case]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _is_sm90(), reason="needs a compute capability 9.0 GPU (H100 / H200)")
+def test_sm90_path_in_two_block_clusters(tmp_path):
+    """Every case again with the GEMMs in two-block clusters sharing B by TMA multicast
+    (TWOLAYER_OPS_SM90_CLUSTER=2): odd tile-row counts (a cluster's second block past M), B tiles half
+    past N, the MN-major backward operands, TF32. One test, so one process runs the worker."""
+    results, log = _run_worker(tmp_path / "results.json", cluster="2")
+    missing = [c for c in CASE_IDS if c not in results]
+    assert not missing, f"the worker reported nothing for {missing} (a crash or a hang?):\n{log}"
+    failed = {c: r for c, r in results.items() if c in CASE_IDS and r != "ok"}
+    assert not failed, "\n\n".join(f"{c}:\n{r}" for c, r in failed.items())
+    setting, launches = results["cluster"]
+    assert setting == 2 and launches > 0, f"cluster setting {setting}, {launches} two-block launches"
 
 
 @pytest.mark.cuda
@@ -376,7 +400,7 @@ def test_introspection_ops_without_a_gpu_run():
     ops = _sm90_ops()
     if ops is None:
         pytest.skip("extension built without CUDA")
-    mode, env, probe, fwd, bwd, tf32 = ops.info()
+    mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -395,6 +419,14 @@ def test_introspection_ops_without_a_gpu_run():
     ops.set_tf32(1)
     assert ops.info()[5] == 1
     ops.set_tf32(-1)
+    assert cluster == (2 if os.environ.get("TWOLAYER_OPS_SM90_CLUSTER") == "2" else 1) and cluster_launches >= 0
+    for bad in (0, 3, -2):
+        with pytest.raises(RuntimeError, match="set_cluster: -1 .env., 1 .no clusters. or 2"):
+            ops.set_cluster(bad)
+    ops.set_cluster(2)
+    assert ops.info()[6] == 2
+    ops.set_cluster(-1)
+    assert ops.info()[6] == cluster
 
 
 if __name__ == "__main__":

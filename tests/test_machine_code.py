@@ -36,12 +36,27 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
         assert k.register_fed_wgmma == 0, f"{k.name}: a wgmma reads its A operand from registers"
 
 
+def test_hopper_gemm_clusters_share_b_by_multicast(sm90a):
+    """The two-block cluster instantiations (last template argument 2) load B by TMA multicast; the
+    others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: the only
+    GPU-wide memory barrier (MEMBAR.ALL.GPU) is the one before the blocks leave, not one per K-step."""
+    gemms = named(sm90a, "sm90_gemm_kernel<")
+    pairs = [k for k in gemms if k.name.endswith(", 2>")]
+    assert len(pairs) == len(gemms) // 2, sorted(k.name for k in gemms)
+    for k in gemms:
+        multicast = k.mnemonics["UTMALDG.2D.MULTICAST"]
+        assert (multicast > 0) == (k in pairs), (k.name, multicast)
+        assert k.mnemonics["MEMBAR.ALL.GPU"] == (k in pairs), (k.name, k.mnemonics["MEMBAR.ALL.GPU"])
+        assert k.hot_loop_ops["MEMBAR"] == 0, k.name
+
+
 def test_hopper_tf32_gemms_run_tf32_wgmma(sm90a):
     """The float32 instantiations of the Hopper GEMM (element type 2: the forward with bias + ReLU, and the
     backward's plain product), both K-major, issue TF32 wgmma and store float pairs; the 16-bit ones
     issue f16/bf16 wgmma."""
     tf32 = named(sm90a, "sm90_gemm_kernel<2,")
-    assert sorted(k.name for k in tf32) == ["sm90_gemm_kernel<2, 0, 0, false>", "sm90_gemm_kernel<2, 0, 0, true>"]
+    assert sorted(k.name for k in tf32) == [f"sm90_gemm_kernel<2, 0, 0, {relu}, {cl}>" for relu in ("false", "true")
+                                            for cl in (1, 2)]
     for k in tf32:
         hgmma = {m for m in k.mnemonics if m.startswith("HGMMA")}
         assert hgmma == {"HGMMA.64x256x8.F32.TF32"}, (k.name, hgmma)

@@ -16,6 +16,10 @@
 //   * Persistent grid (one block per SM); block b takes tiles b, b + grid, ... in a grouped order
 //     (16 tile-rows per group, tile-rows fastest) so that the tiles in flight share A and B in L2.
 //     The producer runs ahead into the next tile while the consumers run the epilogue.
+//   * Optionally (set_cluster(2), TWOLAYER_OPS_SM90_CLUSTER=2; off until a GPU run times it) clusters of
+//     two blocks on tile-rows 2i, 2i + 1: each loads half of their common B tile and multicasts it to
+//     both, cutting the L2 -> SM traffic per tile from 48 KB to 32 KB a K-step. Without it, the 132 SMs
+//     at cuBLAS's speed would pull about 8 TB/s from L2.
 //   * Operands come either K-major (the reduction axis contiguous: one TMA box per tile, 128-byte rows)
 //     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit; 16-bit types only, so the
 //     TF32 backward copies those operands transposed and reads every operand K-major).
@@ -87,7 +91,7 @@ struct GemmArgs {
   const void* bias = nullptr;  // (N,) with stride bias_s, or nullptr
   int64_t ldc = 0, bias_s = 0;
   int M = 0, N = 0, K = 0;
-  int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;
+  int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;  // tiles_m, group_m: rows of CL tiles
   int pair_ok = 0;  // C rows take stores of element pairs (ldc even, C aligned to a pair)
 };
 
@@ -202,6 +206,41 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// The same copy multicast: the box lands at offset `dst` of the shared memory of every CTA of the cluster
+// in `mask`, and completes its bytes on the mbarrier at offset `bar` of each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                                      uint32_t bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+}
+
+// Arrives on the mbarrier at shared offset `bar` of the cluster's CTA `rank` (this CTA's own included).
+// Default (CTA-scope release) semantics: the arrival only orders this thread's reads of a stage, done by
+// wgmma and retired by wait_group, before the producers overwrite it; a cluster-scope release would put a
+// GPU-wide memory barrier before every arrival.
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+
+// Every thread of every CTA of the cluster (not warp-aligned: the producer warp's lanes arrive apart).
+// RELAXED: no release of this thread's memory operations (a GPU-wide memory barrier), for the start,
+// where fence_barrier_init has already released the barriers' initialization to the cluster.
+template <bool RELAXED>
+__device__ __forceinline__ void cluster_sync() {
+  if constexpr (RELAXED) {
+    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  } else {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  }
+}
+
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
@@ -296,7 +335,12 @@ __device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint64_t desc_a, 
 
 // ---- the GEMM kernel -------------------------------------------------------------------------------
 
-template <int DT, int TA, int TB, bool RELU>
+// CL: blocks per cluster, 1 or 2. With 2, the two blocks of a cluster take vertically adjacent tiles
+// (tile-rows 2i and 2i + 1 of one tile-column), which read the same B tile: each block loads half of
+// it, multicast into both blocks' rings, so B costs each block half its L2 reads. A stage of the ring is
+// then written by both producers, so it is free only when the consumers of both blocks have released it
+// (each consumer warp arrives on the "empty" barrier of both blocks).
+template <int DT, int TA, int TB, bool RELU, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                      const GemmArgs args) {
@@ -310,16 +354,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t sb = sa + kStages * kABytes;            // kStages x B tile
   const uint32_t bars = sb + kStages * kBBytes;          // full[kStages], then empty[kStages]
   const int wg = threadIdx.x / 128;
+  static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
+  const int rank = int(blockIdx.x % CL);  // 1-D clusters: consecutive blocks
+  const int cluster = int(blockIdx.x / CL), clusters = int(gridDim.x / CL);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(bars + 8 * s, 1);                              // the producer's arrive.expect_tx
-      mbar_init(bars + 8 * (kStages + s), kConsumers * 4);     // one arrival per consumer warp
+      mbar_init(bars + 8 * s, 1);                                 // the producer's arrive.expect_tx
+      mbar_init(bars + 8 * (kStages + s), CL * kConsumers * 4);  // each consumer warp of the cluster
     }
     fence_barrier_init();
   }
-  __syncthreads();
+  if constexpr (CL > 1) {
+    cluster_sync<true>();  // the peer's barriers are initialized before any multicast or remote arrival
+  } else {
+    __syncthreads();
+  }
 
+  // Cluster tiles: args.tiles_m counts rows of CL tiles; this block takes tile-row CL * row + rank.
   const int tiles = args.tiles_m * args.tiles_n;
   if (wg == 0) {
     // ---- producer warpgroup: one thread issues every TMA copy -------------------------------------
@@ -329,14 +381,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_tmap(&tma_b);
       int stage = 0;
       uint32_t phase = 0;
-      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      for (int t = cluster; t < tiles; t += clusters) {
         int tm, tn;
         tile_coords(t, args, tm, tn);
+        tm = tm * CL + rank;
         const int m0 = tm * kBM, n0 = tn * kBN;
-        // MN-major operands load in 64-wide boxes; boxes wholly past M (or N) are not issued.
-        const int a_boxes = TA ? min(kBM / 64, (args.M - m0 + 63) / 64) : 1;
-        const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : 1;
-        const uint32_t bytes = uint32_t(TA ? a_boxes * kBox : kABytes) + uint32_t(TB ? b_boxes * kBox : kBBytes);
+        // MN-major operands load in 64-wide boxes, K-major B in CL parts of kBN / CL rows; boxes and
+        // parts wholly past M (or N) are not issued, nor A for a tile-row past M (the second block of a
+        // cluster on the last, odd tile-row: it loads its half of B for its peer and stores nothing).
+        const int a_rows = max(0, min(kBM, args.M - m0));
+        const int a_boxes = TA ? (a_rows + 63) / 64 : (a_rows > 0);
+        const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : min(CL, (args.N - n0 + kBN / CL - 1) / (kBN / CL));
+        const uint32_t bytes = uint32_t(a_boxes * (TA ? kBox : kABytes)) + uint32_t(b_boxes * (TB ? kBox : kBBytes / CL));
         for (int kb = 0; kb < args.k_blocks; ++kb) {
           const int k0 = kb * kBK<DT>;
           const uint32_t full = bars + 8 * stage, empty = bars + 8 * (kStages + stage);
@@ -346,12 +402,17 @@ __global__ void __launch_bounds__(kThreads, 1)
           if constexpr (TA) {
             for (int i = 0; i < a_boxes; ++i) tma_load_2d(a_dst + i * kBox, &tma_a, m0 + 64 * i, k0, full);
           } else {
-            tma_load_2d(a_dst, &tma_a, k0, m0, full);
+            if (a_boxes) tma_load_2d(a_dst, &tma_a, k0, m0, full);
           }
-          if constexpr (TB) {
-            for (int i = 0; i < b_boxes; ++i) tma_load_2d(b_dst + i * kBox, &tma_b, n0 + 64 * i, k0, full);
-          } else {
-            tma_load_2d(b_dst, &tma_b, k0, n0, full);
+          // B: box or part i goes to block i % CL, which multicasts it to the whole cluster.
+          constexpr uint32_t part = TB ? kBox : kBBytes / CL;
+          for (int i = rank; i < b_boxes; i += CL) {
+            const int c0 = TB ? n0 + 64 * i : k0, c1 = TB ? k0 : n0 + i * (kBN / CL);
+            if constexpr (CL > 1) {
+              tma_load_2d_multicast(b_dst + i * part, &tma_b, c0, c1, full, uint16_t((1u << CL) - 1));
+            } else {
+              tma_load_2d(b_dst + i * part, &tma_b, c0, c1, full);
+            }
           }
           if (++stage == kStages) {
             stage = 0;
@@ -368,9 +429,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[128];
     int stage = 0;
     uint32_t phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    // Hands stage s back to the producers: one arrival per warp on each block of the cluster.
+    const auto release = [&](int s) {
+      if constexpr (CL > 1) {
+        if (lane < CL) mbar_arrive_cluster(bars + 8 * (kStages + s), uint32_t(lane));
+      } else {
+        if (lane == 0) mbar_arrive(bars + 8 * (kStages + s));
+      }
+    };
+    for (int t = cluster; t < tiles; t += clusters) {
       int tm, tn;
       tile_coords(t, args, tm, tn);
+      tm = tm * CL + rank;
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = 0.f;
       int prev = 0;
@@ -393,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
           wgmma_wait<1>();
           fence_acc(acc);
-          if (lane == 0) mbar_arrive(bars + 8 * (kStages + prev));
+          release(prev);
         }
         prev = stage;
         if (++stage == kStages) {
@@ -403,7 +473,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       wgmma_wait<0>();
       fence_acc(acc);
-      if (args.k_blocks > 0 && lane == 0) mbar_arrive(bars + 8 * (kStages + prev));
+      if (args.k_blocks > 0) release(prev);
 
       // Epilogue. Accumulator fragment of wgmma m64nNk16: acc[4j + 2h + e] is row
       // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
@@ -463,6 +533,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  // A block leaves only once its peer is done: the peer's last arrivals target this block's barriers.
+  if constexpr (CL > 1) cluster_sync<false>();
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
 }
 
@@ -553,7 +625,8 @@ __global__ void sm90_db_kernel(const float* partial, int64_t R, int64_t N, uint1
 std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (set_mode)
 std::atomic<int> g_tf32{-1};  // -1: follow TWOLAYER_OPS_SM90_TF32; 0: off; 1: on (set_tf32)
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
-std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0};
+std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
+std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -571,6 +644,19 @@ bool tf32_env_enabled() {  // on unless TWOLAYER_OPS_SM90_TF32=0
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
+}
+
+int cluster_env() {  // 2 when TWOLAYER_OPS_SM90_CLUSTER=2, else 1 (no clusters)
+  static const int blocks = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SM90_CLUSTER");
+    return v != nullptr && std::strcmp(v, "2") == 0 ? 2 : 1;
+  }();
+  return blocks;
+}
+
+int cluster_setting() {
+  const int mode = g_cluster.load(std::memory_order_relaxed);
+  return mode < 0 ? cluster_env() : mode;
 }
 
 bool tf32_enabled() {
@@ -689,29 +775,101 @@ int path_element_type(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
   return probe_device(x2.get_device()) == 1 ? dt : -1;
 }
 
-template <int DT, int TA, int TB, bool RELU>
-void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
-  auto kernel = sm90_gemm_kernel<DT, TA, TB, RELU>;
-  static std::atomic<uint64_t> attr_set{0};  // one bit per device: the shared-memory limit was raised
-  if (!(attr_set.load() >> device & 1)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr_set.fetch_or(uint64_t(1) << device);
+int sm_count(int device) {
+  static std::atomic<int> sms[kMaxDevices];  // multiprocessor counts, 0 until read
+  int n = sms[device].load();
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    sms[device].store(n);
   }
-  a.tiles_m = (a.M + kBM - 1) / kBM;
+  return n;
+}
+
+// Raises the kernel's dynamic shared-memory limit to kSmemBytes, once per device.
+template <int DT, int TA, int TB, bool RELU, int CL>
+void allow_smem(int device) {
+  static std::atomic<uint64_t> done{0};  // one bit per device
+  if (!(done.load() >> device & 1)) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(sm90_gemm_kernel<DT, TA, TB, RELU, CL>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    done.fetch_or(uint64_t(1) << device);
+  }
+}
+
+cudaLaunchConfig_t launch_config(int grid, int cl, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(grid));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = unsigned(cl);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// How many two-block clusters of the GEMM kernel fit on the device at once (every instantiation takes
+// the same threads and shared memory, so one stands for all); 0 when none do.
+int max_pair_clusters(int device) {
+  static std::atomic<int> known[kMaxDevices];  // count + 1, 0 until asked
+  int n = known[device].load();
+  if (n == 0) {
+    allow_smem<kBF16, 0, 0, true, 2>(device);
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        launch_config(2 * sm_count(device), 2, c10::cuda::getCurrentCUDAStream(device), &attr);
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, sm90_gemm_kernel<kBF16, 0, 0, true, 2>, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();
+      clusters = 0;
+    }
+    n = clusters + 1;
+    known[device].store(n);
+  }
+  return n - 1;
+}
+
+// Blocks per cluster for a GEMM whose C has `rows` rows: 2 when the cluster switch asks for it, C has at
+// least two tile-rows and the device fits such clusters; else 1. The caller builds B's tensor map
+// with boxes of kBN / cl rows when B is K-major.
+int cluster_blocks(int64_t rows, int device) {
+  if (cluster_setting() != 2 || rows <= kBM) return 1;
+  return max_pair_clusters(device) > 0 ? 2 : 1;
+}
+
+template <int DT, int TA, int TB, bool RELU, int CL>
+void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
+  auto kernel = sm90_gemm_kernel<DT, TA, TB, RELU, CL>;
+  allow_smem<DT, TA, TB, RELU, CL>(device);
+  const int tile_rows = (a.M + kBM - 1) / kBM;
+  a.tiles_m = (tile_rows + CL - 1) / CL;  // rows of CL tiles
   a.tiles_n = (a.N + kBN - 1) / kBN;
   a.k_blocks = (a.K + kBK<DT> - 1) / kBK<DT>;
   const int group_m = g_group_m.load(std::memory_order_relaxed);
-  a.group_m = group_m > 0 ? group_m : kGroupM;
+  a.group_m = std::max(1, (group_m > 0 ? group_m : kGroupM) / CL);
   const int tiles = a.tiles_m * a.tiles_n;
-  static std::atomic<int> sms[kMaxDevices];  // multiprocessor counts, 0 until read
-  int n_sms = sms[device].load();
-  if (n_sms == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
-    sms[device].store(n_sms);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  if constexpr (CL == 1) {
+    kernel<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(ma, mb, a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = launch_config(CL * std::min(tiles, max_pair_clusters(device)), CL, stream, &attr);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ma, mb, a));
+    g_cluster_launches.fetch_add(1);
   }
-  const int grid = std::min(tiles, n_sms);
-  kernel<<<grid, kThreads, kSmemBytes, c10::cuda::getCurrentCUDAStream(device)>>>(ma, mb, a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int DT, int TA, int TB, bool RELU>
+void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, const GemmArgs& a, int device, int cl) {
+  if (cl == 2) {
+    launch_gemm_cl<DT, TA, TB, RELU, 2>(ma, mb, a, device);
+  } else {
+    launch_gemm_cl<DT, TA, TB, RELU, 1>(ma, mb, a, device);
+  }
 }
 
 // The tile count fits the kernel's int tile index, with room for t + gridDim.x.
@@ -774,17 +932,18 @@ bool tf32_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor&
   // dW (N,K) = Gm^T (N,M) @ x (M,K): A = Gm^T, B = x^T (K,M), both with M contiguous.
   const at::Tensor wt = run_dx ? weight.t().contiguous() : at::Tensor();
   const at::Tensor gmt = run_dw ? gm.t().contiguous() : at::Tensor(), xt = run_dw ? x2.t().contiguous() : at::Tensor();
+  const int device = x2.get_device();
+  const int cl_dx = cluster_blocks(M, device), cl_dw = cluster_blocks(N, device);
   CUtensorMap dx_a, dx_b, dw_a, dw_b;
   if (run_dx && (!make_map(&dx_a, gm.const_data_ptr(), kTF32, M, N, N, 0, kBM) ||
-                 !make_map(&dx_b, wt.const_data_ptr(), kTF32, K, N, N, 0, kBN)))
+                 !make_map(&dx_b, wt.const_data_ptr(), kTF32, K, N, N, 0, kBN / cl_dx)))
     return false;
   if (run_dw && (!make_map(&dw_a, gmt.const_data_ptr(), kTF32, N, M, M, 0, kBM) ||
-                 !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN)))
+                 !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN / cl_dw)))
     return false;
-  const int device = x2.get_device();
   if (run_db) grad_b.copy_(gm.sum(0));
-  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device);
-  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device);
+  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device, cl_dx);
+  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device, cl_dw);
   g_backward_calls.fetch_add(1);
   return true;
 }
@@ -802,7 +961,7 @@ std::vector<int64_t> info_op() {
     probe = probe_device(device) == 1 ? 1 : 0;
   }
   return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load(),
-          int64_t(tf32_enabled())};
+          int64_t(tf32_enabled()), int64_t(cluster_setting()), g_cluster_launches.load()};
 }
 
 void set_mode_op(int64_t mode) {
@@ -815,6 +974,12 @@ void set_tf32_op(int64_t mode) {
   TORCH_CHECK(mode >= -1 && mode <= 1,
               "twolayer_ops_sm90.set_tf32: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
   g_tf32.store(int(mode));
+}
+
+void set_cluster_op(int64_t blocks) {
+  TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
+              "twolayer_ops_sm90.set_cluster: -1 (env), 1 (no clusters) or 2 (pairs of blocks), got ", blocks);
+  g_cluster.store(int(blocks));
 }
 
 void set_group_m_op(int64_t group_m) {
@@ -831,23 +996,24 @@ bool try_forward(const at::Tensor& x2, const at::Tensor& weight, const std::opti
   const int dt = path_element_type(x2, M, N, K);
   if (dt < 0 || !tiles_fit(M, N)) return false;
   if (!tma_readable(x2) || !tma_readable(weight) || !out.is_contiguous()) return false;
-  bind_context(x2.get_device());
+  const int device = x2.get_device();
+  bind_context(device);
+  const int cl = cluster_blocks(M, device);
   CUtensorMap ma, mb;
   if (!make_map(&ma, x2.const_data_ptr(), dt, M, K, x2.stride(0), 0, kBM) ||
-      !make_map(&mb, weight.const_data_ptr(), dt, N, K, weight.stride(0), 0, kBN))
+      !make_map(&mb, weight.const_data_ptr(), dt, N, K, weight.stride(0), 0, kBN / cl))
     return false;
   GemmArgs a = out_args(out, M, N, K);
   if (has_bias(bias)) {
     a.bias = bias->const_data_ptr();
     a.bias_s = bias->stride(0);
   }
-  const int device = x2.get_device();
   if (dt == kBF16) {
-    launch_gemm<kBF16, 0, 0, true>(ma, mb, a, device);
+    launch_gemm<kBF16, 0, 0, true>(ma, mb, a, device, cl);
   } else if (dt == kF16) {
-    launch_gemm<kF16, 0, 0, true>(ma, mb, a, device);
+    launch_gemm<kF16, 0, 0, true>(ma, mb, a, device, cl);
   } else {
-    launch_gemm<kTF32, 0, 0, true>(ma, mb, a, device);
+    launch_gemm<kTF32, 0, 0, true>(ma, mb, a, device, cl);
   }
   g_forward_calls.fetch_add(1);
   return true;
@@ -878,6 +1044,7 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
                  !make_map(&dw_b, x2.const_data_ptr(), dt, M, K, x2.stride(0), 64, 64)))
     return false;
   const int device = x2.get_device();
+  const int cl_dx = cluster_blocks(M, device), cl_dw = cluster_blocks(N, device);  // B is MN-major: any box
   if (bf16) {
     launch_mask_and_db<kBF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
   } else {
@@ -886,17 +1053,17 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
   if (run_dx) {
     const GemmArgs a = out_args(grad_x, M, K, N);
     if (bf16) {
-      launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device);
+      launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
     } else {
-      launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device);
+      launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
     }
   }
   if (run_dw) {
     const GemmArgs a = out_args(grad_w, N, K, M);
     if (bf16) {
-      launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device);
+      launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw);
     } else {
-      launch_gemm<kF16, 1, 1, false>(dw_a, dw_b, a, device);
+      launch_gemm<kF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw);
     }
   }
   g_backward_calls.fetch_add(1);
@@ -906,14 +1073,17 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 }  // namespace sm90
 }  // namespace twolayer_ops
 
-// torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32];
+// torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
+// cluster launches] (cluster: the blocks-per-cluster setting; cluster launches: GEMMs run in pairs).
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
 // (a tuning knob: benchmarks/hopper_evidence.sh sweeps it).
+// torch.ops.twolayer_ops_sm90.set_cluster(n): blocks per cluster, -1 follow TWOLAYER_OPS_SM90_CLUSTER, 1 or 2.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
   m.def("set_tf32(int mode) -> ()", &twolayer_ops::sm90::set_tf32_op);
   m.def("set_group_m(int group_m) -> ()", &twolayer_ops::sm90::set_group_m_op);
+  m.def("set_cluster(int blocks) -> ()", &twolayer_ops::sm90::set_cluster_op);
 }
