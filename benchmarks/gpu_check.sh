@@ -86,7 +86,12 @@ SEED_CASES="float32:64x1000x100+64x100x10"
 CLUSTER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
 # Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
 parallel=()
-"$PY" -c "import xdist" 2>/dev/null && parallel+=(-n 12)
+# loadgroup: the cases of test_hopper's sm90 worker go to one process (each process that takes one runs
+# the whole worker on the GPU).
+if "$PY" -c "import xdist" 2>/dev/null; then
+  parallel+=(-n 12)
+  "$PY" -c "from xdist.scheduler import LoadGroupScheduling" 2>/dev/null && parallel+=(--dist loadgroup)
+fi
 "$PY" -c "import pytest_timeout" 2>/dev/null && parallel+=(--timeout 150 --timeout-method thread)
 
 # The Hopper and fused-step files first, the long property test last (xdist hands tests out in order).

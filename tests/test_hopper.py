@@ -357,6 +357,7 @@ def worker_results(tmp_path_factory):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _is_sm90(), reason="needs a compute capability 9.0 GPU (H100 / H200)")
+@pytest.mark.xdist_group("sm90_worker")  # one process, so one worker run, takes every case
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_sm90_path(worker_results, case):
     results, log = worker_results
