@@ -3,11 +3,12 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
-#          shapes, the same sm90 shapes in two-block clusters, the fused-step benchmark, memcheck of the
-#          sm90 path, then the `more` steps.
+#          shapes, the same sm90 shapes under the GEMM variants that are off until timed (two-block
+#          clusters, the TMA-store epilogue), the fused-step benchmark, memcheck of the sm90 path, then
+#          the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence,
-#          memcheck of the two-block clusters, memcheck and racecheck of every native kernel, the Triton
-#          TMA backward's timing, Nsight Compute profiles of the sm90 and SIMT forwards next to cuBLAS's.
+#          memcheck of the GEMM variants, memcheck and racecheck of every native kernel, the Triton TMA
+#          backward's timing, Nsight Compute profiles of the sm90 and SIMT forwards next to cuBLAS's.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -82,8 +83,20 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
 # the seed net's two layers (launch-bound: microseconds).
 HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096;float32:4096x4096x4096"
 SEED_CASES="float32:64x1000x100+64x100x10"
-# The sm90 shapes again with the GEMMs in two-block clusters sharing B by multicast (off by default until timed).
-CLUSTER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
+# The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
+# TMA multicast; the TMA-store epilogue; both), one process each (the switches are read once).
+VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
+variant_kernels() {
+  local spec
+  for spec in "2 0 clusters" "1 1 tma_store" "2 1 clusters_tma_store"; do
+    set -- $spec
+    echo "== variant $3: TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2"
+    TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2 "$PY" -m benchmarks.linear_relu --device cuda \
+      --cases "$VARIANT_CASES" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$3.csv" || return 1
+  done
+}
+export -f variant_kernels
+export PY logs VARIANT_CASES
 # Tests spread over processes (Triton compiles on the CPU), each test capped so a hung kernel costs one test.
 parallel=()
 # loadgroup: the cases of test_hopper's sm90 worker go to one process (each process that takes one runs
@@ -102,8 +115,8 @@ done
 TEST_ORDER+=(tests/test_properties.py)
 more_steps() {  # the Hopper evidence, the sanitizers, the Triton TMA backward, Nsight Compute profiles
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"
-  step sanitize_sm90_cluster 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 compute-sanitizer --tool memcheck \
-    --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_cluster.json" ktail
+  step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
   for tool in memcheck racecheck; do
     step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   done
@@ -124,21 +137,20 @@ case $stage in
     # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
-    step kernels_cluster 80 env TWOLAYER_OPS_SM90_CLUSTER=2 "$PY" -m benchmarks.linear_relu --device cuda \
-      --cases "$CLUSTER_CASES" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_cluster.csv"
+    step kernels_variants 150 bash -c variant_kernels
     step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     more_steps
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
     echo; cat "$logs/profile_gemms.log" 2>/dev/null
-    echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
+    echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \(|^== variant"
     ;;
   more)
     # What `all` reaches last, for a second call on the same warm machine.
     more_steps
     echo; tail -50 "$logs/hopper_evidence.log"; echo; cat "$logs/profile_gemms.log"
-    echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \("
+    echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \(|^== variant"
     ;;
   test)
     step tests 360 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}"

@@ -5,14 +5,15 @@
 #    HGMMA / UTMALDG / USETMAXREG / LDL / STL counts (`python -m benchmarks.machine_code`);
 #    the ptxas lines of the sm90 kernels when a build log is at hand (OUT_DIR/build.log or $BUILD_LOG);
 # 2. a quick correctness check of the sm90 path (relative error vs float64 on sampled rows);
-# 3. timings in one run, triton.testing.do_bench medians: the sm90 path (without and with two-block
-#    clusters, set_cluster), the portable native kernels, cuBLAS (torch.mm: 1 GEMM forward, 3 for
-#    forward + backward) and eager PyTorch, bf16 8192x4096 -> 4096, forward and forward + backward; the
-#    sm90 forward under each group height of its persistent order (set_group_m: 1 to 64 tile-rows),
-#    without and with clusters; plus the masking pass's bytes timed as torch.where (the cost of writing
-#    the masked gradient once); then TF32 float32 4096^3, forward (with and without clusters) and
-#    backward against cuBLAS TF32, with the TF32 backward's mask pass and transposed copies timed alone.
-#    Prints short tables last. About a minute of GPU time once built.
+# 3. timings in one run, triton.testing.do_bench medians: the sm90 path in each GEMM variant (the
+#    default; two-block clusters, set_cluster; the TMA-store epilogue, set_tma_store; both), the
+#    portable native kernels, cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager
+#    PyTorch, bf16 8192x4096 -> 4096, forward and forward + backward; the sm90 forward under each group
+#    height of its persistent order (set_group_m: 1 to 64 tile-rows), without and with clusters; plus
+#    the masking pass's bytes timed as torch.where (the cost of writing the masked gradient once); then
+#    TF32 float32 4096^3, forward (each variant) and backward against cuBLAS TF32, with the TF32
+#    backward's mask pass and transposed copies timed alone. Prints short tables last. About a minute
+#    and a half of GPU time once built.
 # Builds the extension first (into OUT_DIR/build.log) only when twolayer_ops._C is not importable.
 set -uo pipefail
 out=${1:?usage: hopper_evidence.sh OUT_DIR}
@@ -57,7 +58,19 @@ def rel(a, r):
     a, r = a.double(), r.double()
     return ((a - r).norm() / r.norm()).item()
 
-# Correctness on sampled rows / the full weight gradient, sm90 path on, without and with clusters.
+# The GEMM variants that are off by default: (blocks per cluster, TMA-store epilogue).
+VARIANTS = {"default": (1, 0), "clusters": (2, 0), "tma_store": (1, 1), "clusters+tma_store": (2, 1)}
+
+def use(variant):
+    cluster, tma_store = VARIANTS[variant]
+    sm90.set_cluster(cluster)
+    sm90.set_tma_store(tma_store)
+
+def use_env():
+    sm90.set_cluster(-1)
+    sm90.set_tma_store(-1)
+
+# Correctness on sampled rows / the full weight gradient, sm90 path on, in every variant.
 sm90.set_mode(1)
 rows = torch.arange(0, M, 37, device="cuda")
 xd, wd, bd, god = x.detach().double(), w.detach().double(), b.detach().double(), go.double()
@@ -65,16 +78,16 @@ pre = xd @ wd.t() + bd
 ref = torch.relu(pre)
 gm = torch.where(ref <= 0, 0, god)
 errs = {}
-for cluster in (1, 2):
-    sm90.set_cluster(cluster)
+for variant in VARIANTS:
+    use(variant)
     y = linear_relu(x, w, b, backend="native")
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), go)
     torch.cuda.synchronize()
-    errs[f"cluster={cluster}"] = {"out": rel(y[rows], ref[rows]), "grad_x": rel(gx[rows], (gm @ wd)[rows]),
-                                  "grad_w": rel(gw, gm.t() @ xd), "grad_b": rel(gb, gm.sum(0))}
-    print(f"cluster={cluster}: sm90 calls (fwd, bwd, 2-block launches):", sm90.info()[3:5], sm90.info()[7],
-          " rel errors vs float64:", {k: f"{v:.2e}" for k, v in errs[f"cluster={cluster}"].items()})
-sm90.set_cluster(-1)
+    errs[variant] = {"out": rel(y[rows], ref[rows]), "grad_x": rel(gx[rows], (gm @ wd)[rows]),
+                     "grad_w": rel(gw, gm.t() @ xd), "grad_b": rel(gb, gm.sum(0))}
+    print(f"{variant}: info() =", sm90.info(), " rel errors vs float64:",
+          {k: f"{v:.2e}" for k, v in errs[variant].items()})
+use_env()
 del xd, wd, bd, god, pre, ref, gm, y, gx, gw, gb
 
 def bench(fn):
@@ -98,8 +111,11 @@ for mode, nat, mm in (
     ("fwd+bwd", native_fwdbwd, lambda: (torch.mm(x.detach(), w.detach().t()), torch.mm(go, w.detach()), torch.mm(go.t(), x.detach()))),
 ):
     row("cuBLAS mm", mode, mm)
-    sm90.set_mode(1); row("sm90", mode, nat)
-    sm90.set_cluster(2); row("sm90 2-block clusters", mode, nat); sm90.set_cluster(-1)
+    sm90.set_mode(1)
+    for variant in VARIANTS:
+        use(variant)
+        row("sm90" if variant == "default" else f"sm90 {variant}", mode, nat)
+    use_env()
     sm90.set_mode(0); row("portable", mode, nat)
     sm90.set_mode(-1)
     if mode == "fwd":
@@ -109,13 +125,13 @@ for mode, nat, mm in (
         row("eager linear+relu", mode, lambda: torch.autograd.grad(torch.relu(F.linear(x, w, b)), (x, w, b), go))
 # The persistent order's group height (tile-rows that sweep the columns together; default 16).
 sm90.set_mode(1)
-for cluster in (1, 2):
-    sm90.set_cluster(cluster)
-    for group_m in (2, 4, 8, 16, 32, 64) if cluster == 2 else (1, 2, 4, 8, 16, 32, 64):
+for variant in ("default", "clusters"):
+    use(variant)
+    for group_m in (2, 4, 8, 16, 32, 64) if variant == "clusters" else (1, 2, 4, 8, 16, 32, 64):
         sm90.set_group_m(group_m)
-        row(f"sm90 cluster={cluster} group_m={group_m}", "fwd", native_fwd)
+        row(f"sm90 {variant} group_m={group_m}", "fwd", native_fwd)
 sm90.set_group_m(0)
-sm90.set_cluster(-1)
+use_env()
 sm90.set_mode(-1)
 row("mask pass proxy: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_saved <= 0, 0, go))
 sm90.set_mode(1)
@@ -138,10 +154,11 @@ out_t = torch.relu(F.linear(xt, wt, bt))
 gm_t = torch.where(out_t <= 0, 0, got)
 row("cuBLAS TF32 mm", "fwd", lambda: torch.mm(xt, wt.t()))
 with torch.no_grad():
-    row("sm90 TF32", "fwd", lambda: linear_relu(xt, wt, bt, backend="native"))
-    sm90.set_cluster(2)
-    row("sm90 TF32 2-block clusters", "fwd", lambda: linear_relu(xt, wt, bt, backend="native"))
-    sm90.set_cluster(-1)
+    for variant in VARIANTS:
+        use(variant)
+        row("sm90 TF32" if variant == "default" else f"sm90 TF32 {variant}", "fwd",
+            lambda: linear_relu(xt, wt, bt, backend="native"))
+    use_env()
 row("cuBLAS TF32 2 mm", "bwd", lambda: (torch.mm(got, wt), torch.mm(got.t(), xt)))
 row("sm90 TF32 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(got, out_t, xt, wt, [True, True, True]))
 row("  mask: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_t <= 0, 0, got))

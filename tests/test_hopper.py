@@ -9,7 +9,8 @@ whole session. The worker runs every case once, writes one result per case to a 
 and each parametrized test below reports one case. Run the worker alone with
     TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
 (the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2
-runs the GEMMs in two-block clusters, as test_sm90_path_in_two_block_clusters does for every case).
+and TWOLAYER_OPS_SM90_TMA_STORE=1 switch on the GEMM variants that test_sm90_path_variants runs every
+case under).
 Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
 kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
 """
@@ -313,8 +314,9 @@ CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32"
 
 
 def worker(out_path, only=None):
-    """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and the
-    cluster setting and cluster launches at the end under "cluster" (info()[6:8])."""
+    """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and at the
+    end the variant switches and launch counts under "variants" (info()[6:10]: cluster, cluster launches,
+    tma_store, tma_store launches)."""
     results = {}
     for case_id in CASE_IDS:
         if only and only not in case_id:
@@ -328,16 +330,26 @@ def worker(out_path, only=None):
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
-    results["cluster"] = torch.ops.twolayer_ops_sm90.info()[6:8]
+    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:10]
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
 
 
 # ---- the tests -----------------------------------------------------------------------------------------
 
-def _run_worker(out, cluster):
-    """The worker in a fresh process with the path on and TWOLAYER_OPS_SM90_CLUSTER=cluster: (results, log)."""
-    env = dict(os.environ, TWOLAYER_OPS_SM90="1", TWOLAYER_OPS_SM90_CLUSTER=cluster, PYTHONUNBUFFERED="1")
+# The GEMM variants that are off by default, as the worker's environment: two-block clusters sharing B by
+# TMA multicast, the TMA-store epilogue, both.
+DEFAULT = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0"}
+VARIANTS = {
+    "clusters": {"TWOLAYER_OPS_SM90_CLUSTER": "2"},
+    "tma_store": {"TWOLAYER_OPS_SM90_TMA_STORE": "1"},
+    "clusters_tma_store": {"TWOLAYER_OPS_SM90_CLUSTER": "2", "TWOLAYER_OPS_SM90_TMA_STORE": "1"},
+}
+
+
+def _run_worker(out, variant):
+    """The worker in a fresh process with the path on and the variant's switches: (results, log)."""
+    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1", **DEFAULT, **variant)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -352,7 +364,7 @@ def _run_worker(out, cluster):
 
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory):
-    return _run_worker(tmp_path_factory.mktemp("sm90") / "results.json", cluster="1")
+    return _run_worker(tmp_path_factory.mktemp("sm90") / "results.json", {})
 
 
 @pytest.mark.cuda
@@ -368,17 +380,22 @@ def test_sm90_path(worker_results, case):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _is_sm90(), reason="needs a compute capability 9.0 GPU (H100 / H200)")
-def test_sm90_path_in_two_block_clusters(tmp_path):
-    """Every case again with the GEMMs in two-block clusters sharing B by TMA multicast
-    (TWOLAYER_OPS_SM90_CLUSTER=2): odd tile-row counts (a cluster's second block past M), B tiles half
-    past N, the MN-major backward operands, TF32. One test, so one process runs the worker."""
-    results, log = _run_worker(tmp_path / "results.json", cluster="2")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sm90_path_variants(tmp_path, variant):
+    """Every case again under each GEMM variant that is off by default: two-block clusters (odd tile-row
+    counts leave a cluster's second block past M; B tiles half past N; the MN-major backward operands;
+    TF32) and the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
+    store, keeps the register stores). One test per variant, so one process runs each worker."""
+    results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     missing = [c for c in CASE_IDS if c not in results]
     assert not missing, f"the worker reported nothing for {missing} (a crash or a hang?):\n{log}"
     failed = {c: r for c, r in results.items() if c in CASE_IDS and r != "ok"}
     assert not failed, "\n\n".join(f"{c}:\n{r}" for c, r in failed.items())
-    setting, launches = results["cluster"]
-    assert setting == 2 and launches > 0, f"cluster setting {setting}, {launches} two-block launches"
+    cluster, cluster_launches, tma_store, tma_store_launches = results["variants"]
+    want_cluster = "clusters" in variant
+    want_tma_store = "tma_store" in variant
+    assert cluster == (2 if want_cluster else 1) and (cluster_launches > 0) == want_cluster, results["variants"]
+    assert tma_store == int(want_tma_store) and (tma_store_launches > 0) == want_tma_store, results["variants"]
 
 
 @pytest.mark.cuda
@@ -401,7 +418,7 @@ def test_introspection_ops_without_a_gpu_run():
     ops = _sm90_ops()
     if ops is None:
         pytest.skip("extension built without CUDA")
-    mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches = ops.info()
+    mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches, tma_store, tma_store_launches = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -428,6 +445,13 @@ def test_introspection_ops_without_a_gpu_run():
     assert ops.info()[6] == 2
     ops.set_cluster(-1)
     assert ops.info()[6] == cluster
+    assert tma_store == int(os.environ.get("TWOLAYER_OPS_SM90_TMA_STORE") == "1") and tma_store_launches >= 0
+    with pytest.raises(RuntimeError, match="set_tma_store: mode must be"):
+        ops.set_tma_store(2)
+    ops.set_tma_store(1)
+    assert ops.info()[8] == 1
+    ops.set_tma_store(-1)
+    assert ops.info()[8] == tma_store
 
 
 if __name__ == "__main__":

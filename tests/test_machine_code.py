@@ -31,6 +31,7 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
     for k in named(sm90a, "sm90_gemm_kernel<"):
         assert k.ops["HGMMA"] > 0, f"{k.name}: no HGMMA (wgmma), so no Hopper tensor-core path"
         assert k.ops["UTMALDG"] > 0, f"{k.name}: no UTMALDG, so its tiles are not loaded by TMA"
+        assert k.ops["UTMASTG"] > 0, f"{k.name}: no UTMASTG, so it has no TMA-store epilogue"
         assert k.ops["USETMAXREG"] >= 2, f"{k.name}: producer and consumers do not split the registers"
         assert k.ops["HMMA"] == 0, f"{k.name}: has mma.sync (HMMA) besides wgmma"
         assert k.register_fed_wgmma == 0, f"{k.name}: a wgmma reads its A operand from registers"

@@ -24,7 +24,9 @@
 //     or MN-major (M or N contiguous: 64 x 64 boxes, wgmma's transpose bit; 16-bit types only, so the
 //     TF32 backward copies those operands transposed and reads every operand K-major).
 //   * Epilogue straight from the accumulator fragments: + bias (optional), ReLU as v <= 0 ? 0 : v
-//     (NaN passes, never fmaxf), cast, and stores of element pairs (bounds-checked rows/cols).
+//     (NaN passes, never fmaxf), cast, and stores of element pairs (bounds-checked rows/cols). Optionally
+//     (set_tma_store(1), TWOLAYER_OPS_SM90_TMA_STORE=1; off until a GPU run times it) the same values go
+//     to swizzled shared-memory boxes that TMA stores while the consumers start the next tile.
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
 // Uses:
@@ -82,7 +84,9 @@ constexpr int kThreads = 128 * (1 + kConsumers);   // + the producer warpgroup
 constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
 [[maybe_unused]] constexpr int kBox = 64 * 64 * 2;                 // one MN-major box: 64 (M or N) x 64 (K), 8 KB
-constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + 1024 /* alignment slack */ + 2 * kStages * 8;
+constexpr int kCBox = 64 * kRowBytes;              // one C box of the TMA-store epilogue: 64 rows x 128 bytes
+constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + kConsumers * 2 * kCBox + 1024 /* alignment slack */ +
+                           2 * kStages * 8;
 constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
 
@@ -92,7 +96,8 @@ struct GemmArgs {
   int64_t ldc = 0, bias_s = 0;
   int M = 0, N = 0, K = 0;
   int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;  // tiles_m, group_m: rows of CL tiles
-  int pair_ok = 0;  // C rows take stores of element pairs (ldc even, C aligned to a pair)
+  int pair_ok = 0;    // C rows take stores of element pairs (ldc even, C aligned to a pair)
+  int tma_store = 0;  // the epilogue stores C through shared memory and TMA (the kernel's tma_c)
 };
 
 // The element types: float16, bfloat16, and float32 read as TF32 where torch allows TF32. wgmma takes
@@ -136,6 +141,17 @@ __device__ __forceinline__ void store_pair(typename Elt<DT>::raw* p, float lo, f
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // ---- sm_90a primitives (inline PTX) --------------------------------------------------------------
+
+// The pair store of store_pair, into shared memory at `addr`.
+template <int DT>
+__device__ __forceinline__ void store_pair_shared(uint32_t addr, float lo, float hi) {
+  if constexpr (DT == kTF32) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(lo), "f"(hi) : "memory");
+  } else {
+    const uint32_t v = uint32_t(Elt<DT>::from_f(lo)) | (uint32_t(Elt<DT>::from_f(hi)) << 16);
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+  }
+}
 
 // Tile t of the persistent order -> (tile-row, tile-column): groups of group_m tile-rows, tile-rows
 // fastest inside a group (the tiles of one wave share few A rows and B columns).
@@ -241,6 +257,40 @@ __device__ __forceinline__ void cluster_sync() {
   }
 }
 
+// 2-D TMA store of one box from shared memory (`src`, laid out as the map's swizzle says) at element
+// coordinates (c0 innermost, c1); elements past the matrix are not written. Joins this thread's open
+// bulk group; bulk_commit closes it.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// Waits until at most N of this thread's bulk groups are still reading their shared memory.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+
+// Waits until at most N of this thread's bulk groups are incomplete (their global writes done).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Makes this thread's shared-memory writes visible to the async proxy (the TMA store that reads them).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Barrier `id` (1..15) among `threads` threads, whole warps.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
@@ -343,7 +393,7 @@ __device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint64_t desc_a, 
 template <int DT, int TA, int TB, bool RELU, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
-                     const GemmArgs args) {
+                     const __grid_constant__ CUtensorMap tma_c, const GemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using E = Elt<DT>;
   using raw = typename E::raw;
@@ -352,7 +402,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sa = base;                              // kStages x A tile
   const uint32_t sb = sa + kStages * kABytes;            // kStages x B tile
-  const uint32_t bars = sb + kStages * kBBytes;          // full[kStages], then empty[kStages]
+  const uint32_t sc = sb + kStages * kBBytes;            // kConsumers x 2 C boxes (TMA-store epilogue)
+  const uint32_t bars = sc + kConsumers * 2 * kCBox;     // full[kStages], then empty[kStages]
   const int wg = threadIdx.x / 128;
   static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
   const int rank = int(blockIdx.x % CL);  // 1-D clusters: consecutive blocks
@@ -482,7 +533,60 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool row_ok[2] = {row < args.M, row + 8 < args.M};
       raw* const C = static_cast<raw*>(args.c);
       const raw* const bias = static_cast<const raw*>(args.bias);
-      if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
+      if (args.tma_store) {
+        // Through shared memory and TMA: the warpgroup's 64 x 256 block leaves as boxes of 64 rows x 128
+        // bytes (64 16-bit or 32 float columns), staged in two 8 KB buffers that alternate. Each box:
+        // registers (+ bias, ReLU, cast) -> the buffer, in the 128-byte swizzle the map expects (16-byte
+        // chunk q of row r at chunk q ^ (r % 8): the 8 rows of a warp's store hit distinct banks) ->
+        // one TMA store, issued by the warpgroup's first thread. That thread waits for a buffer's
+        // previous store to have read it before the warpgroup rewrites it; the stores drain while the
+        // consumers run the next tile's mainloop. TMA clips what lies past M and N.
+        constexpr int kCols = kRowBytes / int(sizeof(raw));  // columns per box
+        const int wtid = threadIdx.x % 128;
+        const int m_box = tm * kBM + cw * 64;
+        const uint32_t bufs = sc + cw * 2 * kCBox;
+        if (m_box < args.M) {  // uniform per warpgroup, as is every condition around a barrier below
+          if (wtid == 0) bulk_wait_read<0>();  // the previous tile's stores have read both buffers
+          named_barrier(1 + cw, 128);
+#pragma unroll
+          for (int box = 0; box < kBN / kCols; ++box) {
+            const int n_box = tn * kBN + box * kCols;
+            if (n_box >= args.N) break;
+            const uint32_t buf = bufs + (box % 2) * kCBox;
+            if (box >= 2) {  // this buffer's store two boxes ago has read it
+              if (wtid == 0) bulk_wait_read<1>();
+              named_barrier(1 + cw, 128);
+            }
+#pragma unroll
+            for (int jj = 0; jj < kCols / 8; ++jj) {
+              const int j = box * (kCols / 8) + jj;
+              const int64_t n = col + 8 * j;
+              float b0 = 0.f, b1 = 0.f;
+              if (bias != nullptr) {
+                if (n < args.N) b0 = E::to_f(bias[n * args.bias_s]);
+                if (n + 1 < args.N) b1 = E::to_f(bias[(n + 1) * args.bias_s]);
+              }
+              const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+                if constexpr (RELU) {
+                  v0 = v0 <= 0.f ? 0.f : v0;
+                  v1 = v1 <= 0.f ? 0.f : v1;
+                }
+                const uint32_t r = uint32_t(warp * 16 + lane / 4 + 8 * h);
+                store_pair_shared<DT>(buf + r * kRowBytes + ((((byte >> 4) ^ (r & 7u))) << 4) + (byte & 15u), v0, v1);
+              }
+            }
+            fence_proxy_async_smem();
+            named_barrier(1 + cw, 128);
+            if (wtid == 0) {
+              tma_store_2d(&tma_c, buf, n_box, m_box);
+              bulk_commit();
+            }
+          }
+        }
+      } else if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
         // All 256 columns in range: unconditional bias loads and 4-byte pair stores.
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
@@ -533,6 +637,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  // The TMA stores are done before the block leaves (they read its shared memory).
+  if (args.tma_store && threadIdx.x % 128 == 0 && wg > 0) bulk_wait<0>();
   // A block leaves only once its peer is done: the peer's last arrivals target this block's barriers.
   if constexpr (CL > 1) cluster_sync<false>();
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
@@ -626,7 +732,8 @@ std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (se
 std::atomic<int> g_tf32{-1};  // -1: follow TWOLAYER_OPS_SM90_TF32; 0: off; 1: on (set_tf32)
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
-std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0};
+std::atomic<int> g_tma_store{-1};  // -1: follow TWOLAYER_OPS_SM90_TMA_STORE; 0: off; 1: on (set_tma_store)
+std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -657,6 +764,19 @@ int cluster_env() {  // 2 when TWOLAYER_OPS_SM90_CLUSTER=2, else 1 (no clusters)
 int cluster_setting() {
   const int mode = g_cluster.load(std::memory_order_relaxed);
   return mode < 0 ? cluster_env() : mode;
+}
+
+bool tma_store_env() {  // on when TWOLAYER_OPS_SM90_TMA_STORE=1
+  static const bool on = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SM90_TMA_STORE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+bool tma_store_enabled() {
+  const int mode = g_tma_store.load(std::memory_order_relaxed);
+  return mode < 0 ? tma_store_env() : mode == 1;
 }
 
 bool tf32_enabled() {
@@ -844,6 +964,14 @@ template <int DT, int TA, int TB, bool RELU, int CL>
 void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
   auto kernel = sm90_gemm_kernel<DT, TA, TB, RELU, CL>;
   allow_smem<DT, TA, TB, RELU, CL>(device);
+  // The TMA-store epilogue where it is switched on and C's rows suit TMA (16-byte aligned, 16-byte row
+  // stride); else the stores straight from the accumulators.
+  CUtensorMap mc;
+  std::memset(&mc, 0, sizeof(mc));
+  const int64_t esize = DT == kTF32 ? 4 : 2;
+  a.tma_store = tma_store_enabled() && a.ldc * esize % 16 == 0 && reinterpret_cast<uintptr_t>(a.c) % 16 == 0 &&
+                make_map(&mc, a.c, DT, a.M, a.N, a.ldc, 0, 64);
+  if (a.tma_store) g_tma_store_launches.fetch_add(1);
   const int tile_rows = (a.M + kBM - 1) / kBM;
   a.tiles_m = (tile_rows + CL - 1) / CL;  // rows of CL tiles
   a.tiles_n = (a.N + kBN - 1) / kBN;
@@ -853,12 +981,12 @@ void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, in
   const int tiles = a.tiles_m * a.tiles_n;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   if constexpr (CL == 1) {
-    kernel<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(ma, mb, a);
+    kernel<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(ma, mb, mc, a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg = launch_config(CL * std::min(tiles, max_pair_clusters(device)), CL, stream, &attr);
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ma, mb, a));
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ma, mb, mc, a));
     g_cluster_launches.fetch_add(1);
   }
 }
@@ -961,7 +1089,8 @@ std::vector<int64_t> info_op() {
     probe = probe_device(device) == 1 ? 1 : 0;
   }
   return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load(),
-          int64_t(tf32_enabled()), int64_t(cluster_setting()), g_cluster_launches.load()};
+          int64_t(tf32_enabled()), int64_t(cluster_setting()), g_cluster_launches.load(),
+          int64_t(tma_store_enabled()), g_tma_store_launches.load()};
 }
 
 void set_mode_op(int64_t mode) {
@@ -980,6 +1109,12 @@ void set_cluster_op(int64_t blocks) {
   TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
               "twolayer_ops_sm90.set_cluster: -1 (env), 1 (no clusters) or 2 (pairs of blocks), got ", blocks);
   g_cluster.store(int(blocks));
+}
+
+void set_tma_store_op(int64_t mode) {
+  TORCH_CHECK(mode >= -1 && mode <= 1,
+              "twolayer_ops_sm90.set_tma_store: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
+  g_tma_store.store(int(mode));
 }
 
 void set_group_m_op(int64_t group_m) {
@@ -1074,16 +1209,19 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 }  // namespace twolayer_ops
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
-// cluster launches] (cluster: the blocks-per-cluster setting; cluster launches: GEMMs run in pairs).
+// cluster launches, tma_store, tma_store launches]. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
 // (a tuning knob: benchmarks/hopper_evidence.sh sweeps it).
 // torch.ops.twolayer_ops_sm90.set_cluster(n): blocks per cluster, -1 follow TWOLAYER_OPS_SM90_CLUSTER, 1 or 2.
+// torch.ops.twolayer_ops_sm90.set_tma_store(m): the TMA-store epilogue; -1 follow TWOLAYER_OPS_SM90_TMA_STORE,
+// 0 off, 1 on.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
   m.def("set_tf32(int mode) -> ()", &twolayer_ops::sm90::set_tf32_op);
   m.def("set_group_m(int group_m) -> ()", &twolayer_ops::sm90::set_group_m_op);
   m.def("set_cluster(int blocks) -> ()", &twolayer_ops::sm90::set_cluster_op);
+  m.def("set_tma_store(int mode) -> ()", &twolayer_ops::sm90::set_tma_store_op);
 }

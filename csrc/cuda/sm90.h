@@ -17,14 +17,18 @@
 //     16-byte aligned base pointers); the backward also needs N % 8 == 0 (the masked gradient it
 //     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls, tf32,
-// cluster, cluster launches] (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device; tf32: the
-// TF32 switch; cluster: blocks per cluster, 1 or 2; cluster launches: GEMMs run in two-block clusters)
+// cluster, cluster launches, tma_store, tma_store launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
+// -1 no CUDA device; tf32: the TF32 switch; cluster: blocks per cluster, 1 or 2; tma_store: the
+// TMA-store switch; the launch counts: GEMMs run in two-block clusters, GEMMs that stored C by TMA)
 // for tests and benchmarks;
 // torch.ops.twolayer_ops_sm90.set_group_m(g) sets the persistent tile order's group height (0: the
 // default, 16), for tuning sweeps;
 // torch.ops.twolayer_ops_sm90.set_cluster(n) runs the GEMMs in clusters of n = 2 blocks that share their
-// B tile by TMA multicast (1: no clusters; -1: back to TWOLAYER_OPS_SM90_CLUSTER, where 2 turns them on).
-// Off by default: written without a GPU, it waits for a GPU run to check and time it.
+// B tile by TMA multicast (1: no clusters; -1: back to TWOLAYER_OPS_SM90_CLUSTER, where 2 turns them on);
+// torch.ops.twolayer_ops_sm90.set_tma_store(1) makes the GEMMs' epilogue stage C in shared memory and
+// store it by TMA, asynchronously (0: stores from the registers; -1: back to TWOLAYER_OPS_SM90_TMA_STORE,
+// where 1 turns it on). Both off by default: written without a GPU, they wait for a GPU run to check
+// and time them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
