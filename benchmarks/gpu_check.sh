@@ -4,11 +4,11 @@
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
 #          shapes, the same sm90 shapes under the GEMM variants that are off until timed (two-block
-#          clusters, the TMA-store epilogue), the fused-step benchmark, memcheck of the sm90 path, then
-#          the `more` steps.
-#   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence,
-#          memcheck of the GEMM variants, memcheck and racecheck of every native kernel, the Triton TMA
-#          backward's timing, Nsight Compute profiles of the sm90 and SIMT forwards next to cuBLAS's.
+#          clusters, the TMA-store epilogue) and their memcheck, the fused-step benchmark, memcheck of
+#          the sm90 path, then the `more` steps.
+#   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence, the
+#          Triton TMA backward's timing, memcheck and racecheck of every native kernel, Nsight Compute
+#          profiles of the sm90 and SIMT forwards next to cuBLAS's.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -113,19 +113,17 @@ for f in tests/test_*.py; do
   [[ " ${TEST_ORDER[*]} " == *" $f "* || $f == tests/test_properties.py ]] || TEST_ORDER+=("$f")
 done
 TEST_ORDER+=(tests/test_properties.py)
-more_steps() {  # the Hopper evidence, the sanitizers, the Triton TMA backward, Nsight Compute profiles
+more_steps() {  # the Hopper evidence, the Triton TMA backward, the native sanitizers, Nsight Compute profiles
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"
-  step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
-    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
-  for tool in memcheck racecheck; do
-    step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
-  done
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton
   # fwdbwd rows, which ran the portable backward.
   step kernels_tma_backward 60 "$PY" -c 'import sys; from twolayer_ops.triton_kernels import hopper
 hopper.BACKWARD = True
 from benchmarks import linear_relu; linear_relu.main(sys.argv[1:])' --device cuda --cases "$HOPPER_CASES" \
     --modes fwdbwd --providers triton,mm --csv "$logs/kernels_tma_backward.csv"
+  for tool in memcheck racecheck; do
+    step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
+  done
   # Where the sm90 and SIMT GEMMs lose to cuBLAS: Nsight Compute, one launch of each, next to cuBLAS's.
   step profile_gemms 120 bash benchmarks/profile_gemms.sh "$logs/profiles"
 }
@@ -138,6 +136,8 @@ case $stage in
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
     step kernels_variants 150 bash -c variant_kernels
+    step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
+      compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
     step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench
     step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     more_steps
