@@ -139,6 +139,25 @@ __device__ __forceinline__ void store_pair(typename Elt<DT>::raw* p, float lo, f
   }
 }
 
+// The bias of columns n and n + 1 (zeros without a bias; with CHECKED, zeros past N too).
+template <int DT, bool CHECKED>
+__device__ __forceinline__ float2 bias_pair(const GemmArgs& a, int64_t n) {
+  const auto* bias = static_cast<const typename Elt<DT>::raw*>(a.bias);
+  float2 b = make_float2(0.f, 0.f);
+  if (bias != nullptr) {
+    if (!CHECKED || n < a.N) b.x = Elt<DT>::to_f(bias[n * a.bias_s]);
+    if (!CHECKED || n + 1 < a.N) b.y = Elt<DT>::to_f(bias[(n + 1) * a.bias_s]);
+  }
+  return b;
+}
+
+// ReLU as v <= 0 ? 0 : v: NaN <= 0 is false, so NaN passes (never fmaxf, which would drop it).
+template <bool RELU>
+__device__ __forceinline__ float activate(float v) {
+  if constexpr (RELU) return v <= 0.f ? 0.f : v;
+  return v;
+}
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // ---- sm_90a primitives (inline PTX) --------------------------------------------------------------
 
@@ -532,7 +551,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
       const bool row_ok[2] = {row < args.M, row + 8 < args.M};
       raw* const C = static_cast<raw*>(args.c);
-      const raw* const bias = static_cast<const raw*>(args.bias);
       if (args.tma_store) {
         // Through shared memory and TMA: the warpgroup's 64 x 256 block leaves as boxes of 64 rows x 128
         // bytes (64 16-bit or 32 float columns), staged in two 8 KB buffers that alternate. Each box:
@@ -560,22 +578,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int jj = 0; jj < kCols / 8; ++jj) {
               const int j = box * (kCols / 8) + jj;
-              const int64_t n = col + 8 * j;
-              float b0 = 0.f, b1 = 0.f;
-              if (bias != nullptr) {
-                if (n < args.N) b0 = E::to_f(bias[n * args.bias_s]);
-                if (n + 1 < args.N) b1 = E::to_f(bias[(n + 1) * args.bias_s]);
-              }
+              const float2 b = bias_pair<DT, true>(args, col + 8 * j);
               const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
-                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-                if constexpr (RELU) {
-                  v0 = v0 <= 0.f ? 0.f : v0;
-                  v1 = v1 <= 0.f ? 0.f : v1;
-                }
+                const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+                const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
                 const uint32_t r = uint32_t(warp * 16 + lane / 4 + 8 * h);
-                store_pair_shared<DT>(buf + r * kRowBytes + ((((byte >> 4) ^ (r & 7u))) << 4) + (byte & 15u), v0, v1);
+                store_pair_shared<DT>(buf + r * kRowBytes + (((byte >> 4) ^ (r & 7u)) << 4) + (byte & 15u), v0, v1);
               }
             }
             fence_proxy_async_smem();
@@ -591,18 +601,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
-          float b0 = 0.f, b1 = 0.f;
-          if (bias != nullptr) {
-            b0 = E::to_f(bias[n * args.bias_s]);
-            b1 = E::to_f(bias[(n + 1) * args.bias_s]);
-          }
+          const float2 b = bias_pair<DT, false>(args, n);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-            if constexpr (RELU) {
-              v0 = v0 <= 0.f ? 0.f : v0;  // NaN <= 0 is false: NaN passes
-              v1 = v1 <= 0.f ? 0.f : v1;
-            }
+            const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+            const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
             if (row_ok[h]) store_pair<DT>(C + (row + 8 * h) * args.ldc + n, v0, v1);
           }
         }
@@ -611,18 +614,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
-          float b0 = 0.f, b1 = 0.f;
-          if (bias != nullptr) {
-            if (n < args.N) b0 = E::to_f(bias[n * args.bias_s]);
-            if (n + 1 < args.N) b1 = E::to_f(bias[(n + 1) * args.bias_s]);
-          }
+          const float2 b = bias_pair<DT, true>(args, n);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-            if constexpr (RELU) {
-              v0 = v0 <= 0.f ? 0.f : v0;
-              v1 = v1 <= 0.f ? 0.f : v1;
-            }
+            const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+            const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
             if (row_ok[h]) {
               raw* p = C + (row + 8 * h) * args.ldc + n;
               if (args.pair_ok && n + 1 < args.N) {
