@@ -136,7 +136,8 @@ use_env()
 sm90.set_mode(-1)
 row("mask pass proxy: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_saved <= 0, 0, go))
 sm90.set_mode(1)
-row("sm90 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(go, out_saved, x.detach(), w.detach(), [True, True, True]))
+bwd_bf16 = lambda: torch.ops.twolayer_ops.linear_relu_backward(go, out_saved, x.detach(), w.detach(), [True, True, True])
+row("sm90 bwd alone", "bwd", bwd_bf16)
 sm90.set_mode(-1)
 row("cuBLAS 2 mm (bwd)", "bwd", lambda: (torch.mm(go, w.detach()), torch.mm(go.t(), x.detach())))
 
@@ -161,12 +162,34 @@ with torch.no_grad():
             lambda: linear_relu(xt, wt, bt, backend="native"))
     use_env()
 row("cuBLAS TF32 2 mm", "bwd", lambda: (torch.mm(got, wt), torch.mm(got.t(), xt)))
-row("sm90 TF32 bwd alone", "bwd", lambda: torch.ops.twolayer_ops.linear_relu_backward(got, out_t, xt, wt, [True, True, True]))
+bwd_tf32 = lambda: torch.ops.twolayer_ops.linear_relu_backward(got, out_t, xt, wt, [True, True, True])
+row("sm90 TF32 bwd alone", "bwd", bwd_tf32)
 row("  mask: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_t <= 0, 0, got))
 row("  W^T copy", "bwd", lambda: wt.t().contiguous())
 row("  x^T copy", "bwd", lambda: xt.t().contiguous())
 row("  masked g^T copy", "bwd", lambda: gm_t.t().contiguous())
+# The two backwards kernel by kernel (the profiler's CUDA times, mean of 10 calls): what the masking pass,
+# db and the transposed copies cost next to the GEMMs.
+def kernel_breakdown(title, fn, reps=10):
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    us = lambda e: (getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0)) / reps  # noqa: E731
+    print(f"\n{title}: kernels per call (mean of {reps} calls)")
+    for e in sorted(kernels, key=us, reverse=True):
+        print(f"  {us(e):9.1f} us  x{e.count // reps}  {e.key[:110]}")
+    print(f"  {sum(us(e) for e in kernels):9.1f} us  in all")
+
+sm90.set_mode(1)
+kernel_breakdown(f"sm90 TF32 backward {Mt}x{Kt}->{Nt}", bwd_tf32)
 torch.backends.cuda.matmul.allow_tf32 = False
+kernel_breakdown(f"sm90 bf16 backward {M}x{K}->{N}", bwd_bf16)
+sm90.set_mode(-1)
 print("sm90 calls after the TF32 rows (fwd, bwd):", sm90.info()[3:5])
 
 def table(title, rows, m, k, n):
