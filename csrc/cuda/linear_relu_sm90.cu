@@ -227,6 +227,17 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   } while (!done);
 }
 
+// This CTA's rank in its cluster, the cluster's index in the grid, and the number of clusters.
+__device__ __forceinline__ void cluster_position(int& rank, int& cluster, int& clusters) {
+  uint32_t r, c, n;
+  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  asm("mov.u32 %0, %%clusterid.x;\n" : "=r"(c));
+  asm("mov.u32 %0, %%nclusterid.x;\n" : "=r"(n));
+  rank = int(r);
+  cluster = int(c);
+  clusters = int(n);
+}
+
 __device__ __forceinline__ void prefetch_tmap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -253,9 +264,10 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtens
 }
 
 // Arrives on the mbarrier at shared offset `bar` of the cluster's CTA `rank` (this CTA's own included).
-// Default (CTA-scope release) semantics: the arrival only orders this thread's reads of a stage, done by
-// wgmma and retired by wait_group, before the producers overwrite it; a cluster-scope release would put a
-// GPU-wide memory barrier before every arrival.
+// Default (CTA-scope release) semantics, as CUTLASS's ClusterBarrier::arrive: the arrival only orders this
+// thread's reads of a stage, done by wgmma and retired by wait_group, before the producers overwrite it;
+// ptxas 13.0 compiles a cluster-scope release to a MEMBAR.ALL.GPU before every arrival. If a GPU run
+// shows results wrong only in clusters, try .release.cluster here first.
 __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
   asm volatile(
       "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
@@ -265,8 +277,8 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank)
 }
 
 // Every thread of every CTA of the cluster (not warp-aligned: the producer warp's lanes arrive apart).
-// RELAXED: no release of this thread's memory operations (a GPU-wide memory barrier), for the start,
-// where fence_barrier_init has already released the barriers' initialization to the cluster.
+// RELAXED: no release of this thread's memory operations (a MEMBAR.ALL.GPU in the machine code), for the
+// start, where fence_barrier_init has already released the barriers' initialization to the cluster.
 template <bool RELAXED>
 __device__ __forceinline__ void cluster_sync() {
   if constexpr (RELAXED) {
@@ -425,8 +437,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t bars = sc + kConsumers * 2 * kCBox;     // full[kStages], then empty[kStages]
   const int wg = threadIdx.x / 128;
   static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
-  const int rank = int(blockIdx.x % CL);  // 1-D clusters: consecutive blocks
-  const int cluster = int(blockIdx.x / CL), clusters = int(gridDim.x / CL);
+  int rank = 0, cluster = int(blockIdx.x), clusters = int(gridDim.x);
+  if constexpr (CL > 1) cluster_position(rank, cluster, clusters);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -511,6 +523,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       int tm, tn;
       tile_coords(t, args, tm, tn);
       tm = tm * CL + rank;
+      // A cluster's second block on the last, odd tile-row has no A rows: it keeps every barrier step
+      // (its peer needs its arrivals) but issues no wgmma.
+      const bool has_rows = tm * kBM < args.M;
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = 0.f;
       int prev = 0;
@@ -521,14 +536,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t a_base = sa + stage * kABytes + cw * 8192;
         const uint32_t b_base = sb + stage * kBBytes;
         fence_acc(acc);
-        wgmma_fence();
+        if (has_rows) {  // (no group is committed without it: the waits below then return at once)
+          wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-          const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
-          const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
-          wgmma_m64n256<DT, TA, TB>(acc, da, db);
+          for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+            const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
+            const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
+            wgmma_m64n256<DT, TA, TB>(acc, da, db);
+          }
+          wgmma_commit();
         }
-        wgmma_commit();
         fence_acc(acc);
         if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
           wgmma_wait<1>();
