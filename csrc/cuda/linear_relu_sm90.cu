@@ -44,7 +44,11 @@
 // both of which cost mainloop issue slots in every tile of both GEMMs and are much harder to get right
 // without a GPU to check on. The pass reads G and out once and writes Gm once (3 x M x N x 2 bytes,
 // about 55 us at 8192 x 4096 on an H200 against ~800 us of GEMMs) and also makes G's layout irrelevant.
-// A GPU run should measure it against the fused variant before this is revisited.
+// The in-place variant (out's tile loaded by TMA beside G's, masked element by element, both in the same
+// swizzled layout) would add 48 KB of shared-memory traffic a K-step to the 80 KB the two consumers'
+// wgmma already read from it: 128 bytes a clock at full tensor speed, the whole shared-memory bandwidth,
+// against 62% now. The register-fed variant meets the ptxas wgmma hazard of the README. hopper_evidence
+// breaks the backward down by kernel; a GPU run should measure the pass there before this is revisited.
 //
 // sm_90a-only device code sits under __CUDA_ARCH_FEAT_SM90_ALL: every other image (sm_90, older archs,
 // PTX) gets empty GEMM kernels and the host never selects them (a probe kernel reports which image the
