@@ -339,7 +339,7 @@ def worker(out_path, only=None):
 
 # The GEMM variants that are off by default, as the worker's environment: two-block clusters sharing B by
 # TMA multicast, the TMA-store epilogue, both.
-DEFAULT = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0"}
+DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0"}
 VARIANTS = {
     "clusters": {"TWOLAYER_OPS_SM90_CLUSTER": "2"},
     "tma_store": {"TWOLAYER_OPS_SM90_TMA_STORE": "1"},
@@ -349,7 +349,7 @@ VARIANTS = {
 
 def _run_worker(out, variant):
     """The worker in a fresh process with the path on and the variant's switches: (results, log)."""
-    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1", **DEFAULT, **variant)
+    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1", **DEFAULT_SWITCHES, **variant)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -39,8 +39,8 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
 
 def test_hopper_gemm_clusters_share_b_by_multicast(sm90a):
     """The two-block cluster instantiations (last template argument 2) load B by TMA multicast; the
-    others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: the only
-    GPU-wide memory barrier (MEMBAR.ALL.GPU) is the one before the blocks leave, not one per K-step."""
+    others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: their one
+    MEMBAR.ALL.GPU is the release before the blocks leave, none is in a K-step."""
     gemms = named(sm90a, "sm90_gemm_kernel<")
     pairs = [k for k in gemms if k.name.endswith(", 2>")]
     assert len(pairs) == len(gemms) // 2, sorted(k.name for k in gemms)
