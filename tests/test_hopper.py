@@ -349,7 +349,7 @@ VARIANTS = {
 
 def _run_worker(out, variant):
     """The worker in a fresh process with the path on and the variant's switches: (results, log)."""
-    env = dict(os.environ, TWOLAYER_OPS_SM90="1", PYTHONUNBUFFERED="1", **DEFAULT_SWITCHES, **variant)
+    env = {**os.environ, "TWOLAYER_OPS_SM90": "1", "PYTHONUNBUFFERED": "1", **DEFAULT_SWITCHES, **variant}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -396,6 +396,18 @@ def test_sm90_path_variants(tmp_path, variant):
     want_tma_store = "tma_store" in variant
     assert cluster == (2 if want_cluster else 1) and (cluster_launches > 0) == want_cluster, results["variants"]
     assert tma_store == int(want_tma_store) and (tma_store_launches > 0) == want_tma_store, results["variants"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worker_runs_under_the_variant_switches(tmp_path, variant):
+    """On any machine: the worker process starts, reports every case (on a machine without an sm_90a GPU
+    each fails at once) and sees the variant's switches in info()."""
+    if _sm90_ops() is None:
+        pytest.skip("extension built without CUDA")
+    results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
+    assert set(CASE_IDS) <= set(results), log
+    cluster, _, tma_store, _ = results["variants"]
+    assert (cluster, tma_store) == (2 if "clusters" in variant else 1, int("tma_store" in variant)), results["variants"]
 
 
 @pytest.mark.cuda
