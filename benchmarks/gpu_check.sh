@@ -4,11 +4,12 @@
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
 #          shapes, the same sm90 shapes under the GEMM variants that are off until timed (two-block
-#          clusters, the TMA-store epilogue) and their memcheck, the fused-step benchmark, memcheck of
-#          the sm90 path, then the `more` steps.
-#   more   (a second call on the same warm machine) what `all` reaches last: the Hopper evidence, the
-#          Triton TMA backward's timing, memcheck and racecheck of every native kernel, Nsight Compute
-#          profiles of the sm90 and SIMT forwards next to cuBLAS's.
+#          clusters, the TMA-store epilogue) and their memcheck, then the `more` steps.
+#   more   (a second call on the same warm machine) what `all` reaches last, skipping the steps an
+#          earlier call on this machine finished with the same sources: the Hopper evidence, the
+#          Triton TMA backward's timing, the fused-step benchmark, memcheck of the default sm90 path,
+#          memcheck and racecheck of every native kernel, Nsight Compute profiles of the sm90 and SIMT
+#          forwards next to cuBLAS's.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -35,6 +36,8 @@ deadline=$((SECONDS + ${GPU_CHECK_BUDGET:-570}))
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, remember a failure
   local name=$1 limit=$2; shift 2
+  # `more` skips what an earlier call on this warm machine already did with the same sources.
+  if [[ $stage == more && -e $done_dir/$name ]]; then echo "== $name: done by an earlier call"; return; fi
   local left=$((deadline - SECONDS))
   if ((left < 30)); then
     echo "== $name: skipped, the time budget is spent"; skipped+=("$name"); return
@@ -44,6 +47,7 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, rememb
   local t0=$SECONDS
   if timeout --kill-after=10 "$limit" "$@" >"$logs/$name.log" 2>&1; then
     echo "   ok ($((SECONDS - t0)) s)"
+    mkdir -p "$done_dir" && touch "$done_dir/$name"
   else
     echo "   FAILED ($((SECONDS - t0)) s; limit $limit s), tail of $name.log:"
     tail -25 "$logs/$name.log"
@@ -63,6 +67,8 @@ finish() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
 # Build once per machine: a warm machine keeps the extension of the same sources.
 stamp=$(cat setup.py csrc/*.cpp csrc/*.h csrc/cuda/* | sha1sum | cut -c1-12)
+done_dir=build/gpu_check_done/$(cat setup.py csrc/*.cpp csrc/*.h csrc/cuda/* benchmarks/* tests/*.py twolayer_ops/*.py \
+  twolayer_ops/*/*.py 2>/dev/null | sha1sum | cut -c1-12)
 if [[ "$(cat build/.gpu_check_stamp 2>/dev/null)" != "$stamp" ]] || ! "$PY" -c "import twolayer_ops._C" 2>/dev/null; then
   step build 400 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
   if [[ " ${failed[*]} " == *" build "* ]]; then finish; fi
@@ -113,7 +119,7 @@ for f in tests/test_*.py; do
   [[ " ${TEST_ORDER[*]} " == *" $f "* || $f == tests/test_properties.py ]] || TEST_ORDER+=("$f")
 done
 TEST_ORDER+=(tests/test_properties.py)
-more_steps() {  # the Hopper evidence, the Triton TMA backward, the native sanitizers, Nsight Compute profiles
+more_steps() {  # the Hopper evidence, the Triton TMA backward, the fused step, the sanitizers, Nsight Compute profiles
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton
   # fwdbwd rows, which ran the portable backward.
@@ -121,6 +127,9 @@ more_steps() {  # the Hopper evidence, the Triton TMA backward, the native sanit
 hopper.BACKWARD = True
 from benchmarks import linear_relu; linear_relu.main(sys.argv[1:])' --device cuda --cases "$HOPPER_CASES" \
     --modes fwdbwd --providers triton,mm --csv "$logs/kernels_tma_backward.csv"
+  # Measured and clean on both H200 runs: the fused step's speed, memcheck of the default sm90 path.
+  step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench
+  step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
   for tool in memcheck racecheck; do
     step "sanitize_$tool" 40 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   done
@@ -138,18 +147,17 @@ case $stage in
     step kernels_variants 150 bash -c variant_kernels
     step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
       compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
-    step fused_step_bench 60 "$PY" -m benchmarks.fused_step_bench
-    step sanitize_sm90 80 env TWOLAYER_OPS_SM90=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90.json" tiles
     more_steps
     summarize_tests
-    echo; tail -26 "$logs/fused_step_bench.log"; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
+    echo; tail -26 "$logs/fused_step_bench.log" 2>/dev/null; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
     echo; cat "$logs/profile_gemms.log" 2>/dev/null
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \(|^== variant"
     ;;
   more)
     # What `all` reaches last, for a second call on the same warm machine.
     more_steps
-    echo; tail -50 "$logs/hopper_evidence.log"; echo; cat "$logs/profile_gemms.log"
+    echo; tail -26 "$logs/fused_step_bench.log" 2>/dev/null; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
+    echo; cat "$logs/profile_gemms.log" 2>/dev/null
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \(|^== variant"
     ;;
   test)
