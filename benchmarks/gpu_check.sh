@@ -92,14 +92,15 @@ SEED_CASES="float32:64x1000x100+64x100x10"
 # The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
 # TMA multicast; the TMA-store epilogue; both), one process each (the switches are read once).
 VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
-variant_kernels() {
-  local spec
+variant_kernels() {  # a variant that fails (a trap, a wrong result) does not keep the others from running
+  local spec status=0
   for spec in "2 0 clusters" "1 1 tma_store" "2 1 clusters_tma_store"; do
     set -- $spec
     echo "== variant $3: TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2"
     TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2 "$PY" -m benchmarks.linear_relu --device cuda \
-      --cases "$VARIANT_CASES" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$3.csv" || return 1
+      --cases "$VARIANT_CASES" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$3.csv" || status=1
   done
+  return $status
 }
 export -f variant_kernels
 export PY logs VARIANT_CASES
