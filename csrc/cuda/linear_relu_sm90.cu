@@ -754,27 +754,24 @@ std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
+// Whether the environment variable `name` is set to `value` (each caller reads it once, at its first call).
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
 bool env_enabled() {  // on unless TWOLAYER_OPS_SM90=0
-  static const bool on = [] {
-    const char* v = std::getenv("TWOLAYER_OPS_SM90");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = !env_is("TWOLAYER_OPS_SM90", "0");
   return on;
 }
 
 bool tf32_env_enabled() {  // on unless TWOLAYER_OPS_SM90_TF32=0
-  static const bool on = [] {
-    const char* v = std::getenv("TWOLAYER_OPS_SM90_TF32");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = !env_is("TWOLAYER_OPS_SM90_TF32", "0");
   return on;
 }
 
 int cluster_env() {  // 2 when TWOLAYER_OPS_SM90_CLUSTER=2, else 1 (no clusters)
-  static const int blocks = [] {
-    const char* v = std::getenv("TWOLAYER_OPS_SM90_CLUSTER");
-    return v != nullptr && std::strcmp(v, "2") == 0 ? 2 : 1;
-  }();
+  static const int blocks = env_is("TWOLAYER_OPS_SM90_CLUSTER", "2") ? 2 : 1;
   return blocks;
 }
 
@@ -784,10 +781,7 @@ int cluster_setting() {
 }
 
 bool tma_store_env() {  // on when TWOLAYER_OPS_SM90_TMA_STORE=1
-  static const bool on = [] {
-    const char* v = std::getenv("TWOLAYER_OPS_SM90_TMA_STORE");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
+  static const bool on = env_is("TWOLAYER_OPS_SM90_TMA_STORE", "1");
   return on;
 }
 
