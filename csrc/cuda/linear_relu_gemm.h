@@ -81,8 +81,9 @@ struct GemmArgs {
 // Loads D0 x D1 tiles of an operand, one K-tile after another, into registers (VEC-element chunks,
 // zero-filled beyond the extents, masked if MASK), and stores them to shared memory sm[i0 * LD + i1]
 // (SMC == 1) or sm[i1 * LD + i0] (SMC == 0). KAXIS is the tile axis that runs along K. begin() puts
-// each chunk at an output tile's first K-tile and load() steps it one K-tile on, so the main loop
-// adds one stride per chunk rather than recomputing 64-bit addresses and bounds.
+// each chunk at an output tile's first K-tile and works out where it goes in shared memory; load()
+// steps it one K-tile on. The main loop thus adds one stride per chunk rather than recomputing 64-bit
+// addresses, bounds and shared-memory offsets: on the GPU every such instruction takes an FMA's issue slot.
 template <typename E, int D0, int D1, int NT, int SMC, int LD, bool MASK, int KAXIS>
 struct TileLoader {
   using raw = typename E::raw;
@@ -100,6 +101,7 @@ struct TileLoader {
   int64_t off[CH];                    // each chunk's first element at the next K-tile: p[off]
   [[maybe_unused]] int64_t moff[CH];  // the same in the mask, mp[moff] (MASK only)
   int room[CH];                       // how many of the chunk's elements are in range off the K axis
+  int soff[CH];                       // the chunk's first element in the shared tile: sm[soff]
   bool whole;                         // every chunk is in range off the K axis and vector-loadable
 
   __device__ __forceinline__ static void coords(int ci, int fast, int& i0, int& i1) {
@@ -140,14 +142,16 @@ struct TileLoader {
       whole = whole && room[k] == VEC;
       off[k] = g0 * op.s0 + g1 * op.s1;
       if constexpr (MASK) moff[k] = g0 * op.ms0 + g1 * op.ms1;
+      soff[k] = sidx(i0, i1);
     }
   }
 
   // Loads the K-tile that starts at k0 (the one the chunks are at) and steps them to the next. In
-  // a K-tile that ends by K, a whole chunk is in range along K too (VEC divides DK and the chunk's
-  // K offset), so the common case is one test, then one vector load per chunk.
-  __device__ __forceinline__ void load(const Opnd& op, int64_t k0, int64_t K, int tid) {
-    if (whole && k0 + DK <= K) {
+  // a K-tile that ends by K (kfull: k0 + DK <= K, worked out once for both operands), a whole chunk is
+  // in range along K too (VEC divides DK and the chunk's K offset), so the common case is one test,
+  // then one vector load per chunk.
+  __device__ __forceinline__ void load(const Opnd& op, int64_t k0, int64_t K, bool kfull, int tid) {
+    if (whole && kfull) {
 #pragma unroll
       for (int k = 0; k < CH; ++k) {
         c[k].v = *reinterpret_cast<const vec*>(static_cast<const raw*>(op.p) + off[k]);
@@ -179,16 +183,16 @@ struct TileLoader {
     }
   }
 
-  __device__ __forceinline__ void store(raw* sm, int fast, int tid) const {
+  // A chunk along the shared rows is one vector store; across them (the transpose), its element v
+  // goes LD further on whichever axis the chunk runs along.
+  __device__ __forceinline__ void store(raw* sm, int fast) const {
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
-      int i0, i1;
-      coords(tid + k * NT, fast, i0, i1);
       if (fast == SMC) {
-        *reinterpret_cast<vec*>(sm + sidx(i0, i1)) = c[k].v;
+        *reinterpret_cast<vec*>(sm + soff[k]) = c[k].v;
       } else {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) sm[sidx(i0 + (fast ? 0 : v), i1 + (fast ? v : 0))] = c[k].r[v];
+        for (int v = 0; v < VEC; ++v) sm[soff[k] + v * LD] = c[k].r[v];
       }
     }
   }
@@ -446,8 +450,9 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
 
   TileLoader<E, BM, BK, NT, P::A_SMC, P::LDA, MASK, 1> la;
   TileLoader<E, BK, BN, NT, P::B_SMC, P::LDB, false, 0> lb;
+  static_assert(decltype(la)::DK == BK && decltype(lb)::DK == BK, "one kfull test serves both operands");
   const int tid = threadIdx.x;
-  const bool do_mma = g.c != nullptr;
+  const bool do_mma = !ROWSUM || g.c != nullptr;  // only dW can be a db-only pass
   const int64_t mt = (g.M + BM - 1) / BM, nt = do_mma ? (g.N + BN - 1) / BN : 1;
   const int splits = ROWSUM ? 1 : g.splits;  // dW never splits (plan_split_k): no split code there
   const int64_t nk = (g.K + BK - 1) / BK, kper = splits > 1 ? g.kper : nk;
@@ -461,14 +466,15 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
     if (do_mma) P::zero(acc);
 
     if (kt0 < kt1) {
+      const bool kfull = (kt0 + 1) * BK <= g.K;
       la.begin(g.a, m0, g.M, kt0 * BK, tid);
-      la.load(g.a, kt0 * BK, g.K, tid);
+      la.load(g.a, kt0 * BK, g.K, kfull, tid);
       if (do_mma) {
         lb.begin(g.b, n0, g.N, kt0 * BK, tid);
-        lb.load(g.b, kt0 * BK, g.K, tid);
+        lb.load(g.b, kt0 * BK, g.K, kfull, tid);
       }
-      la.store(As, g.a.fast, tid);
-      if (do_mma) lb.store(Bs, g.b.fast, tid);
+      la.store(As, g.a.fast);
+      if (do_mma) lb.store(Bs, g.b.fast);
     }
     __syncthreads();
 
@@ -478,8 +484,9 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       const raw* Bc = Bs + cur * P::B_STAGE;
       const bool next = kt + 1 < kt1;
       if (next) {
-        la.load(g.a, (kt + 1) * BK, g.K, tid);
-        if (do_mma) lb.load(g.b, (kt + 1) * BK, g.K, tid);
+        const bool kfull = (kt + 2) * BK <= g.K;
+        la.load(g.a, (kt + 1) * BK, g.K, kfull, tid);
+        if (do_mma) lb.load(g.b, (kt + 1) * BK, g.K, kfull, tid);
       }
       if constexpr (ROWSUM) {
         if (do_sum && tid < BM) {
@@ -489,8 +496,8 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       }
       if (do_mma) P::mma(acc, Ac, Bc, tid);
       if (next) {
-        la.store(As + (cur ^ 1) * P::A_STAGE, g.a.fast, tid);
-        if (do_mma) lb.store(Bs + (cur ^ 1) * P::B_STAGE, g.b.fast, tid);
+        la.store(As + (cur ^ 1) * P::A_STAGE, g.a.fast);
+        if (do_mma) lb.store(Bs + (cur ^ 1) * P::B_STAGE, g.b.fast);
       }
       __syncthreads();
     }
