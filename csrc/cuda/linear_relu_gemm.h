@@ -210,10 +210,13 @@ __device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// SIMT policy (float32, float64). 256 threads as 16 x 16, each owning a TM x TN micro-tile split
-// into 16-byte groups: rows ty*VS + {0..VS-1} + g * BM/(TM/VS) (same for columns), so that the
-// shared-memory reads are conflict-free 16-byte vectors. float: 128x128x8 tiles, 8x8 per thread;
-// double: 64x64x8 tiles, 4x4 per thread. Shared tiles As[k][m], Bs[k][n], double-buffered.
+// SIMT policy (float32, float64). 256 threads as 16 x 16 (ty, tx), each owning a TM x TN micro-tile
+// split into 16-byte groups: rows ty*VS + {0..VS-1} + g * BM/(TM/VS) (same for columns), so that the
+// shared-memory reads are conflict-free 16-byte vectors. Each warp is 4 x 8 of those threads
+// (CUTLASS's SIMT lane layout): a k step's A reads then touch 4 and its B reads 8 distinct vectors,
+// one shared-memory wavefront each, where a 2 x 16 warp needs one for A and two for B.
+// float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread. Shared tiles
+// As[k][m], Bs[k][n], double-buffered.
 
 template <typename T>
 struct SimtPolicy {
@@ -237,6 +240,9 @@ struct SimtPolicy {
     acc_t v[TM][TN];
   };
 
+  static_assert(NT == 256 && BM / TM == 16 && BN / TN == 16, "8 warps as 4 (m) x 2 (n), each 4 x 8 threads");
+  __device__ __forceinline__ static int thread_y(int tid) { return (tid / 64) * 4 + (tid % 32) / 8; }
+  __device__ __forceinline__ static int thread_x(int tid) { return (tid / 32) % 2 * 8 + tid % 8; }
   __device__ __forceinline__ static int row(int i, int ty) { return (i / VS) * (BM / GM) + ty * VS + i % VS; }
   __device__ __forceinline__ static int col(int j, int tx) { return (j / VS) * (BN / GN) + tx * VS + j % VS; }
 
@@ -248,7 +254,7 @@ struct SimtPolicy {
   }
 
   __device__ __forceinline__ static void mma(Acc& a, const raw* As, const raw* Bs, int tid) {
-    const int ty = tid / (BN / TN), tx = tid % (BN / TN);
+    const int ty = thread_y(tid), tx = thread_x(tid);
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
       acc_t av[TM], bv[TN];
@@ -278,7 +284,7 @@ struct SimtPolicy {
   template <int MODE>
   __device__ __forceinline__ static void epilogue(Acc& a, unsigned char*, const GemmArgs& g, int64_t m0, int64_t n0,
                                                   int tid) {
-    const int ty = tid / (BN / TN), tx = tid % (BN / TN);
+    const int ty = thread_y(tid), tx = thread_x(tid);
     raw* C = static_cast<raw*>(g.c);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -295,7 +301,7 @@ struct SimtPolicy {
   // A split-K slice's partial product, whole tile (the workspace is padded to whole tiles).
   __device__ __forceinline__ static void store_partial(const Acc& a, acc_t* w, int64_t ld, int64_t m0, int64_t n0,
                                                        int tid) {
-    const int ty = tid / (BN / TN), tx = tid % (BN / TN);
+    const int ty = thread_y(tid), tx = thread_x(tid);
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
