@@ -24,7 +24,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR [all|test|report|tune]}
 stage=${2:-test}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$out"
 logs=$(mktemp -d)/logs
 mkdir -p "$logs"

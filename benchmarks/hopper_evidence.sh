@@ -19,7 +19,7 @@
 set -uo pipefail
 out=${1:?usage: hopper_evidence.sh OUT_DIR}
 mkdir -p "$out"
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 

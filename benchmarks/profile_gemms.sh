@@ -8,7 +8,7 @@
 set -uo pipefail
 out=${1:?usage: profile_gemms.sh OUT_DIR}
 mkdir -p "$out"
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [[ -n $ncu ]] || { echo "ncu not found: no profiles"; exit 0; }
