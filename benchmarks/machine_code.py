@@ -74,8 +74,8 @@ class Kernel:
         steady-state path of a whole tile: every math instruction of the loop, vector global loads where
         it has scalar ones beside them, the most shared-memory stores (a SIMT GEMM's k-loop stores the
         next K-tile, one element at a time where it transposes, as for K-contiguous x and W), and
-        otherwise the fewest instructions. On a GPU each instruction takes an issue slot, so the math's
-        share of the trip bounds the loop's speed. None without a math loop."""
+        otherwise the fewest instructions. In a SIMT kernel every instruction takes an FMA's issue slot,
+        so the FMAs' share of the trip bounds the loop's speed. None without a math loop."""
         if not self.hot_loops:
             return None
         index = {i.address: n for n, i in enumerate(self.code)}
