@@ -87,9 +87,20 @@ def cmd_train(args):
         bad = [n for n in names if n not in DDP_RECIPES]
         if bad:
             return _fail(f"--ddp runs the recipes with an nn.Module ({', '.join(DDP_RECIPES)}), not {', '.join(bad)}")
-        _init_distributed(args.device)
     if args.steps <= 0:
         return _fail(f"--steps must be positive, got {args.steps}")
+    if not args.ddp:
+        return _run_recipes(names, args)
+    import torch.distributed as dist
+
+    _init_distributed(args.device)
+    try:
+        return _run_recipes(names, args)
+    finally:
+        dist.destroy_process_group()  # torch.distributed's documented shutdown, not the destructor's at exit
+
+
+def _run_recipes(names, args):
     show = _rank0() and not args.quiet
     results = []
     for name in names:
