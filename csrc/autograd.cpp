@@ -2,7 +2,10 @@
 // One formula for every backend: the forward saves (x, weight, out) and the backward calls that
 // backend's backward op for only the gradients autograd needs (the mask is out > 0).
 // (twolayer_ops.LinearReLUFunction and MyReLU mirror it in Python for the autograd.Function API.)
+// The backward ops are differentiable too, so create_graph=True (double backward, gradient
+// penalties) works as it does for relu(F.linear(...)).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -83,6 +86,85 @@ struct ReLUFunction : public torch::autograd::Function<ReLUFunction<O>> {
   }
 };
 
+// The backward op is linear in grad_out, x and weight, and constant in out (the mask is piecewise
+// constant, as in torch's threshold_backward). With gm = mask(grad_out), gx = gm W, gw = gm^T x and
+// gb = the row sum of gm, the incoming (ggx, ggw, ggb) give
+//   d grad_out = mask(ggx W^T + x ggw^T + ggb),  d x = gm ggw,  d weight = gm^T ggx.
+// Every product is a differentiable torch op and every mask is the backend's relu_backward, itself
+// differentiable, so any order of derivative works.
+template <class O>
+struct LinearReLUBackwardFunction : public torch::autograd::Function<LinearReLUBackwardFunction<O>> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& out,
+                               const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [gx, gw, gb] = O::linear_relu_backward().call(grad_out, out, x, weight, output_mask);
+    ctx->save_for_backward({grad_out, out, x, weight});
+    ctx->saved_data["output_mask"] = std::vector<bool>(output_mask.begin(), output_mask.end());
+    return {gx, gw, gb};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &grad_out = saved[0], &out = saved[1], &x = saved[2], &weight = saved[3];
+    const auto output_mask = ctx->saved_data["output_mask"].toBoolList();
+    // Gradients of outputs that were not requested (empty placeholders) carry nothing.
+    auto incoming = [&](int i) { return output_mask.get(i) && grads[i].defined() ? grads[i] : at::Tensor(); };
+    const at::Tensor ggx = incoming(0), ggw = incoming(1), ggb = incoming(2);
+    const at::Tensor x2 = as_matrix(x);
+    const int64_t n = weight.size(0);
+    at::Tensor d_grad_out, d_x, d_weight;
+    if (ctx->needs_input_grad(0) && (ggx.defined() || ggw.defined() || ggb.defined())) {
+      at::Tensor pre = at::zeros({x2.size(0), n}, out.options());
+      if (ggx.defined()) pre = pre.add(as_matrix(ggx).mm(weight.t()));
+      if (ggw.defined()) pre = pre.add(x2.mm(ggw.t()));
+      if (ggb.defined()) pre = pre.add(ggb);
+      d_grad_out = O::relu_backward().call(pre.view(out.sizes()), out);
+    }
+    if ((ctx->needs_input_grad(2) && ggw.defined()) || (ctx->needs_input_grad(3) && ggx.defined())) {
+      const at::Tensor gm = as_matrix(O::relu_backward().call(grad_out, out));
+      if (ctx->needs_input_grad(2) && ggw.defined()) d_x = gm.mm(ggw).view(x.sizes());
+      if (ctx->needs_input_grad(3) && ggx.defined()) d_weight = gm.t().mm(as_matrix(ggx));
+    }
+    return {d_grad_out, at::Tensor(), d_x, d_weight, at::Tensor()};
+  }
+};
+
+// relu_backward is mask(grad_out): linear in grad_out, constant in out.
+template <class O>
+struct ReLUBackwardFunction : public torch::autograd::Function<ReLUBackwardFunction<O>> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& out) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({out});
+    return O::relu_backward().call(grad_out, out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {O::relu_backward().call(grads[0], ctx->get_saved_variables()[0]), at::Tensor()};
+  }
+};
+
+// The first-order backward runs with grad mode off: it goes straight to the kernel, with no node.
+template <class O>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  if (!at::GradMode::is_enabled()) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return O::linear_relu_backward().call(grad_out, out, x, weight, output_mask);
+  }
+  auto g = LinearReLUBackwardFunction<O>::apply(grad_out, out, x, weight, output_mask);
+  return {g[0], g[1], g[2]};
+}
+
+template <class O>
+at::Tensor relu_backward_autograd(const at::Tensor& grad_out, const at::Tensor& out) {
+  if (!at::GradMode::is_enabled()) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return O::relu_backward().call(grad_out, out);
+  }
+  return ReLUBackwardFunction<O>::apply(grad_out, out);
+}
+
 template <class O>
 at::Tensor linear_relu_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   return LinearReLUFunction<O>::apply(x, weight, bias);
@@ -101,9 +183,13 @@ constexpr char kTriton[] = "_triton";
 TORCH_LIBRARY_IMPL(twolayer_ops, Autograd, m) {
   using namespace autograd;
   m.impl("linear_relu", &linear_relu_autograd<Ops<kNative>>);
+  m.impl("linear_relu_backward", &linear_relu_backward_autograd<Ops<kNative>>);
   m.impl("relu", &relu_autograd<Ops<kNative>>);
+  m.impl("relu_backward", &relu_backward_autograd<Ops<kNative>>);
   m.impl("linear_relu_triton", &linear_relu_autograd<Ops<kTriton>>);
+  m.impl("linear_relu_backward_triton", &linear_relu_backward_autograd<Ops<kTriton>>);
   m.impl("relu_triton", &relu_autograd<Ops<kTriton>>);
+  m.impl("relu_backward_triton", &relu_backward_autograd<Ops<kTriton>>);
 }
 
 }  // namespace twolayer_ops

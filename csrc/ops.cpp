@@ -1,6 +1,6 @@
 // Every schema of the twolayer_ops namespace, declared once, and the CPU kernels.
-// CUDA kernels register for the same schemas in cuda/linear_relu.cu; fake kernels
-// and autograd are registered from Python (twolayer_ops/ops.py).
+// CUDA kernels register for the same schemas in cuda/linear_relu.cu, autograd in autograd.cpp,
+// fake kernels from Python (twolayer_ops/ops.py).
 #include <Python.h>
 
 #include <ATen/ATen.h>

@@ -43,10 +43,13 @@ def x_w_b(m=4, k=5, n=3, **kw):
 
 
 BAD_INPUTS = {
-    "k mismatch": (lambda x, w, b: (x, torch.randn(3, 6), b), ValueError, r"last dimension \(5\) must equal weight.shape\[1\] \(6\)"),
-    "weight 1-D": (lambda x, w, b: (x, torch.randn(5), b), ValueError, "weight must be 2-D"),
-    "bias shape": (lambda x, w, b: (x, w, torch.randn(4)), ValueError, r"bias must have shape \(3,\)"),
-    "bias 2-D": (lambda x, w, b: (x, w, b[None]), ValueError, r"bias must have shape \(3,\)"),
+    "k mismatch": (lambda x, w, b: (x, torch.randn(3, 6), b), ValueError, r"last dimension \(5\) must equal weight.shape\[-1\] \(6\)"),
+    "k mismatch 1-D weight": (lambda x, w, b: (x, torch.randn(6), None), ValueError, r"\(5\) must equal weight.shape\[-1\] \(6\)"),
+    "weight 3-D": (lambda x, w, b: (x, w[None], b), ValueError, r"weight must be \(out_features, in_features\) or \(in_features,\)"),
+    "bias of 1-D weight": (lambda x, w, b: (x, torch.randn(5), b), ValueError, r"one value per output feature: \(1,\).*got \(3,\)"),
+    "bias shape": (lambda x, w, b: (x, w, torch.randn(4)), ValueError, r"bias must have one value per output feature: \(3,\), \(\) or \(1, ..., 3\); got \(4,\)"),
+    "bias per row": (lambda x, w, b: (x, w, torch.randn(4, 3)), ValueError, r"one value per output feature.*got \(4, 3\)"),
+    "bias more dims than out": (lambda x, w, b: (x, w, b[None, None]), ValueError, r"one value per output feature.*got \(1, 1, 3\)"),
     "x 0-d": (lambda x, w, b: (torch.tensor(1.0), w, b), ValueError, "at least 1 dimension"),
     "int x": (lambda x, w, b: (x.long(), w, b), TypeError, "x must be a floating-point tensor, got torch.int64"),
     "int weight": (lambda x, w, b: (x, w.int(), b), TypeError, "weight must be a floating-point tensor"),
@@ -63,6 +66,16 @@ def test_bad_input_raises_clear_error(case, backend):
     make, error, message = BAD_INPUTS[case]
     with pytest.raises(error, match=message):
         linear_relu(*make(*x_w_b()), backend=backend)
+
+
+def test_autograd_function_takes_only_the_matrix_form():
+    """LinearReLUFunction returns one gradient per input as given, so F.linear's vector forms are
+    linear_relu's alone."""
+    x, w, b = x_w_b()
+    with pytest.raises(ValueError, match=r"weight must be \(out_features, in_features\), got shape \(5,\)"):
+        twolayer_ops.LinearReLUFunction.apply(x, w[0], None)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\); got \(\) for weight \(3, 5\)"):
+        twolayer_ops.LinearReLUFunction.apply(x, w, b[0])
 
 
 def test_unknown_backend():

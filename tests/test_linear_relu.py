@@ -78,6 +78,67 @@ def test_autograd_function_gradcheck(device, backend):
     assert torch.autograd.gradcheck(lambda *a: LinearReLUFunction.apply(*a, backend), (x, w, b))
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,b_shape",
+    [
+        ((6, 5), (5,), None),
+        ((2, 3, 5), (5,), ()),
+        ((6, 5), (5,), ()),  # F.linear itself raises here (addmm wants a matrix); the formula is clear
+        ((5,), (5,), ()),
+        ((2, 3, 5), (4, 5), ()),
+        ((6, 5), (4, 5), (1,)),
+        ((2, 3, 5), (4, 5), (1, 1, 4)),
+        ((5,), (4, 5), ()),
+    ],
+    ids=str,
+)
+def test_f_linear_other_forms(device, backend, x_shape, w_shape, b_shape):
+    """F.linear's other forms: a (K,) weight drops the output's last dimension, a bias of one value
+    per output feature may have any shape that broadcasts so. Against F.linear's formula
+    x @ weight.T + bias in float64: output, shape and every gradient."""
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (
+        None if shape is None else torch.randn(shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+        for shape in (x_shape, w_shape, b_shape)
+    )
+    ref_inputs = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    out = linear_relu(x, w, b, backend=backend)
+    ref = torch.relu(ref_inputs[0] @ ref_inputs[1].t() + (0 if b is None else ref_inputs[2]))
+    assert_close_to_ref(out, ref)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64).to(device)
+    got = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], grad_out)
+    want = torch.autograd.grad(ref, [t for t in ref_inputs if t is not None], grad_out)
+    for i, (gt, wt) in enumerate(zip(got, want)):
+        assert_close_to_ref(gt, wt, torch.float64, f"grad {i}")
+
+
+@pytest.mark.parametrize("x_shape,n", [((3, 5), 4), ((2, 2, 3), 2)], ids=str)  # small: O(numel^2) calls
+def test_gradgradcheck(device, backend, x_shape, n):
+    """create_graph=True differentiates the backward op itself, as relu(F.linear(...)) allows."""
+    x, w, b = away_from_kink(x_shape, n, device)
+    assert torch.autograd.gradgradcheck(lambda *a: linear_relu(*a, backend=backend), (x, w, b))
+    assert torch.autograd.gradgradcheck(lambda x, w: linear_relu(x, w, None, backend=backend), (x, w))
+    assert torch.autograd.gradgradcheck(lambda *a: LinearReLUFunction.apply(*a, backend), (x, w, b))
+
+
+@pytest.mark.parametrize("wrt", ["x", "weight"])
+def test_gradient_penalty_matches_reference(device, backend, wrt):
+    """A gradient penalty (the norm of a first gradient, itself trained) against the float64
+    reference: exercises every term of the double backward, with the kink's zeros in it."""
+
+    def penalty_grads(fn, x, w, b):
+        first = torch.autograd.grad((fn(x, w, b) ** 2).sum(), x if wrt == "x" else w, create_graph=True)[0]
+        return torch.autograd.grad(first.square().sum(), (x, w, b))
+
+    x, w, b = make_inputs((2, 9, 13), 6, device=device)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    got = penalty_grads(lambda *a: linear_relu(*a, backend=backend), x, w, b)
+    want = penalty_grads(linear_relu_ref, *ref_inputs)
+    for name, g, r in zip(("x", "weight", "bias"), got, want):
+        assert_close_to_ref(g, r, torch.float64, f"second-order grad of {name}")
+    assert (got[2] != 0).any(), "the bias term of the double backward contributed nothing"
+
+
 def test_exact_zero_preactivation_has_zero_output_and_gradient(device, backend):
     x, w, b = make_inputs((6, 8), 4, device=device, requires_grad=False)
     w[1] = 0.0  # column 1: pre-activation exactly 0
@@ -157,6 +218,8 @@ def test_opcheck(device, backend, bias):
         out = fwd(x, w, b).detach()
         for mask in ([True, True, bias], [False, True, False], [True, False, False]):
             opcheck(bwd, (torch.randn_like(out), out, x.detach(), w.detach(), mask))
+        # The backward op is differentiable (double backward): its autograd is checked too.
+        opcheck(bwd, (torch.randn_like(out).requires_grad_(), out, x, w, [True, True, bias]))
     x, w, b = make_inputs((6, 8), 4, device=device, bias=bias)
     opcheck(fwd, (x.detach().t().contiguous().t(), w, b))
 

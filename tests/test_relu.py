@@ -44,6 +44,8 @@ def test_gradcheck(device, backend):
     x = torch.where(x.abs() < 1e-3, 0.5, x).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: relu(t, backend=backend), (x,))
     assert torch.autograd.gradcheck(lambda t: MyReLU.apply(t, backend), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: relu(t, backend=backend), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: MyReLU.apply(t, backend), (x,))
 
 
 def test_layouts_and_empty(device, backend):
@@ -80,6 +82,7 @@ def test_opcheck(device, backend):
         opcheck(fwd, (x.requires_grad_(),))
         out = fwd(x.detach())
         opcheck(bwd, (torch.randn_like(out), out))
+        opcheck(bwd, (torch.randn_like(out).requires_grad_(), out))
 
 
 def test_compile_fullgraph(device, backend):

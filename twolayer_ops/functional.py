@@ -11,11 +11,10 @@ def _check_tensor(op, name, t):
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
-def check_linear_relu_args(x, weight, bias):
-    """Clear errors for bad shapes, dtypes and devices, the same for every backend. The common,
-    valid case is decided by one cheap test; only a failure looks closer, to say what is wrong."""
+def _args_ok(x, weight, bias):
+    """The common, valid case, decided by one cheap test: x (..., K), weight (N, K), bias (N,) or None."""
     try:
-        if (
+        return (
             x.dtype is weight.dtype
             and x.is_floating_point()
             and weight.dim() == 2
@@ -23,43 +22,80 @@ def check_linear_relu_args(x, weight, bias):
             and x.shape[-1] == weight.shape[1]
             and x.device == weight.device
             and (bias is None or (bias.dtype is x.dtype and bias.shape == weight.shape[:1] and bias.device == x.device))
-        ):
-            return
+        )
     except AttributeError:
-        pass  # not a tensor: explained below
-    _explain_bad_args(x, weight, bias)
+        return False  # not a tensor: explained by _explain_bad_args
 
 
-def _explain_bad_args(x, weight, bias):
+def check_linear_relu_args(x, weight, bias):
+    """Clear errors for bad shapes, dtypes and devices, the same for every backend. Only a failure
+    of the cheap test looks closer, to say what is wrong."""
+    if not _args_ok(x, weight, bias):
+        _explain_bad_args(x, weight, bias, other_forms=False)
+
+
+def _explain_bad_args(x, weight, bias, *, other_forms):
+    """Raises the error that says what is wrong; other_forms: F.linear's other forms are valid."""
     named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     for name, t in named:
         _check_tensor("linear_relu", name, t)
     if x.dim() < 1:
         raise ValueError("linear_relu: x must have at least 1 dimension (..., in_features), got a 0-d tensor")
-    if weight.dim() != 2:
-        raise ValueError(f"linear_relu: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
-    if x.shape[-1] != weight.shape[1]:
+    if weight.dim() not in ((1, 2) if other_forms else (2,)):
+        forms = "(out_features, in_features)" + (" or (in_features,)" if other_forms else "")
+        raise ValueError(f"linear_relu: weight must be {forms}, got shape {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[-1]:
         raise ValueError(
-            f"linear_relu: x's last dimension ({x.shape[-1]}) must equal weight.shape[1] ({weight.shape[1]}); "
+            f"linear_relu: x's last dimension ({x.shape[-1]}) must equal weight.shape[-1] ({weight.shape[-1]}); "
             f"x {tuple(x.shape)}, weight {tuple(weight.shape)}"
         )
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"linear_relu: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if bias is not None and (_feature_bias(x, weight, bias) is None if other_forms else bias.shape != weight.shape[:1]):
+        n = weight.shape[0] if weight.dim() == 2 else 1
+        forms = f"one value per output feature: ({n},), () or (1, ..., {n})" if other_forms else f"shape ({n},)"
+        raise ValueError(f"linear_relu: bias must have {forms}; got {tuple(bias.shape)} for weight {tuple(weight.shape)}")
     for name, t in named[1:]:
         if t.dtype != x.dtype:
             raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"linear_relu: {name} is on {t.device} but x is on {x.device}")
-    raise AssertionError("check_linear_relu_args rejected arguments that _explain_bad_args accepts")
+    raise AssertionError("linear_relu rejected arguments that _explain_bad_args accepts")
+
+
+def _feature_bias(x, weight, bias):
+    """bias as the kernels' (N,) vector (a view), where F.linear broadcasts it as one value per
+    output feature: (N,), (), (1,) or (1, ..., 1 or N), with no more dimensions than the output.
+    None for any other shape (a bias that varies over rows cannot go in the fused epilogue)."""
+    features = weight.shape[0] if weight.dim() == 2 else 1
+    out_dim = x.dim() if weight.dim() == 2 else x.dim() - 1
+    last = bias.shape[-1] if bias.dim() else 1
+    if bias.dim() > out_dim or last not in (1, features) or any(d != 1 for d in bias.shape[:-1]):
+        return None
+    return bias.reshape(last).expand(features)
 
 
 def linear_relu(x, weight, bias=None, *, backend="auto"):
     """relu(x @ weight.T + bias), fused. x (..., K), weight (N, K), bias (N,) or None -> (..., N).
+    F.linear's other forms work too: a weight (K,) gives (...); a bias of one value per output
+    feature may have any shape that broadcasts so, such as () or (1, N).
 
     backend: "auto" (native where it has a kernel for the device and dtype, else torch),
     "native", "triton" or "torch" (the composite reference)."""
-    check_linear_relu_args(x, weight, bias)
+    if not _args_ok(x, weight, bias):
+        return _linear_relu_other_forms(x, weight, bias, backend)
     return resolve_backend(backend, x).linear_relu(x, weight, bias)
+
+
+def _linear_relu_other_forms(x, weight, bias, backend):
+    """F.linear's other forms, on the (N, K) kernels, or the error that says what is wrong."""
+    tensors = all(isinstance(t, torch.Tensor) for t in (x, weight, bias) if t is not None)
+    if tensors and x.dim() >= 1 and weight.dim() in (1, 2) and x.shape[-1] == weight.shape[-1]:
+        feature_bias = None if bias is None else _feature_bias(x, weight, bias)
+        if bias is None or feature_bias is not None:
+            if weight.dim() == 1:
+                return linear_relu(x, weight.unsqueeze(0), feature_bias, backend=backend).squeeze(-1)
+            if feature_bias.shape != bias.shape:  # else: no new form; the error below says what is wrong
+                return linear_relu(x, weight, feature_bias, backend=backend)
+    _explain_bad_args(x, weight, bias, other_forms=True)
 
 
 def relu(x, *, backend="auto"):
