@@ -1,7 +1,9 @@
 """The public functions. The backend is chosen here, before autograd records the node."""
 import torch
+import torch.nn.functional as F
+from torch.autograd import forward_ad
 
-from .backends import resolve_backend
+from .backends import BACKENDS, resolve_backend
 
 
 def _check_tensor(op, name, t):
@@ -82,6 +84,8 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
     "native", "triton" or "torch" (the composite reference)."""
     if not _args_ok(x, weight, bias):
         return _linear_relu_other_forms(x, weight, bias, backend)
+    if _transformed():
+        return LinearReLUFunction.apply(x, weight, bias, backend)
     return resolve_backend(backend, x).linear_relu(x, weight, bias)
 
 
@@ -101,22 +105,35 @@ def _linear_relu_other_forms(x, weight, bias, backend):
 def relu(x, *, backend="auto"):
     """relu(x) on the library's standalone kernels; NaN passes through, as in torch.relu."""
     _check_tensor("relu", "x", x)
+    if _transformed():
+        return MyReLU.apply(x, backend)
     return resolve_backend(backend, x).relu(x)
 
 
 class LinearReLUFunction(torch.autograd.Function):
     """The fused op as an autograd Function: LinearReLUFunction.apply(x, weight, bias, backend).
     Its backward is the ops' own formula (csrc/autograd.cpp): the backend's backward op, asked for
-    only the gradients autograd needs, with the mask taken from the saved output."""
+    only the gradients autograd needs, with the mask taken from the saved output.
+
+    It also serves torch.func (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap), which linear_relu
+    routes here: the ops' C++ autograd cannot run under those transforms, so there the backward and
+    the jvp take the same formula in torch ops (the torch backend's), which torch.func can transform.
+    vmap runs the forward kernel once per batch entry (torch's batching fallback)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, weight, bias=None, backend="auto"):
+    def forward(x, weight, bias=None, backend="auto"):
         check_linear_relu_args(x, weight, bias)
+        return resolve_backend(backend, x).linear_relu(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, backend = (*inputs, None, "auto")[:2] + (*inputs[2:], None, "auto")[:2]
         ctx.backend = resolve_backend(backend, x)
-        out = ctx.backend.linear_relu(x, weight, bias)
-        ctx.save_for_backward(x, weight, out)
+        ctx.save_for_backward(x, weight, output)
+        ctx.save_for_forward(x, weight, output)
         ctx.has_bias = bias is not None
-        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -125,23 +142,59 @@ class LinearReLUFunction(torch.autograd.Function):
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         if not any(mask):
             return None, None, None, None
-        grads = ctx.backend.linear_relu_backward(grad_out, out, x, weight, mask)
+        grads = _autograd_backend(ctx).linear_relu_backward(grad_out, out, x, weight, mask)
         return (*(g if m else None for g, m in zip(grads, mask)), None)
+
+    @staticmethod
+    def jvp(ctx, x_tangent, weight_tangent, bias_tangent=None, backend_tangent=None):
+        """Forward mode: the masked x' W^T + x W'^T + b', the mask from the output as in backward."""
+        x, weight, out = ctx.saved_tensors
+        pre = torch.zeros_like(out)
+        if x_tangent is not None:
+            pre = pre + F.linear(x_tangent, weight)
+        if weight_tangent is not None:
+            pre = pre + F.linear(x, weight_tangent)
+        if bias_tangent is not None:
+            pre = pre + bias_tangent
+        return BACKENDS["torch"].relu_backward(pre, out)  # forward mode: under a transform only
 
 
 class MyReLU(torch.autograd.Function):
     """The seed's MyReLU on the library's kernels: MyReLU.apply(x) or MyReLU.apply(x, backend).
-    It saves the output, not the input: the mask out > 0 is the same."""
+    It saves the output, not the input: the mask out > 0 is the same. Written with setup_context,
+    as torch.func needs; relu routes here under torch.func transforms, as linear_relu does."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, backend="auto"):
+    def forward(x, backend="auto"):
         _check_tensor("MyReLU", "x", x)
+        return resolve_backend(backend, x).relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, backend = (*inputs, "auto")[:2]
         ctx.backend = resolve_backend(backend, x)
-        out = ctx.backend.relu(x)
-        ctx.save_for_backward(out)
-        return out
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
-        return ctx.backend.relu_backward(grad_out, out), None
+        return _autograd_backend(ctx).relu_backward(grad_out, out), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, backend_tangent=None):
+        (out,) = ctx.saved_tensors
+        return BACKENDS["torch"].relu_backward(x_tangent, out)
+
+
+def _transformed():
+    """A torch.func transform or a forward-mode AD level is active: the ops' C++ autograd serves
+    neither, the autograd Functions here serve both. About 0.1 us a call."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def _autograd_backend(ctx):
+    """The backend whose backward ops run: the forward's, or under a transform the torch formula."""
+    return BACKENDS["torch"] if _transformed() else ctx.backend

@@ -1,5 +1,6 @@
 """The torch.library ops: loads the compiled extension (schemas, kernels and the C++ autograd of
-every backend's ops) and registers their fake kernels, for torch.compile and opcheck."""
+every backend's ops) and registers their fake kernels, for torch.compile and opcheck, and the
+forward ops' batching rules, for torch.vmap."""
 import torch
 
 from . import _C  # noqa: F401  (loading it runs TORCH_LIBRARY: defines torch.ops.twolayer_ops.*)
@@ -31,12 +32,48 @@ def relu_backward_fake(grad_out, out):
     return torch.empty_like(out, memory_format=torch.contiguous_format)
 
 
-def register_fakes(forward_name, backward_name, relu_name, relu_backward_name):
-    """Registers the fake kernels of one backend's four ops (their autograd is C++, csrc/autograd.cpp)."""
+# ---- batching rules (torch.vmap) ---------------------------------------------------------------
+
+def linear_relu_vmap(op):
+    """x batched alone: one call, the batch as one more leading dimension of x. A batched weight or
+    bias: one call per batch entry (what torch's fallback would do, without its warning)."""
+
+    def rule(info, in_dims, x, weight, bias):
+        x_dim, weight_dim, bias_dim = in_dims
+        if weight_dim is None and bias_dim is None:
+            return op(x.movedim(x_dim, 0), weight, bias), 0
+
+        def entry(t, dim, i):
+            return t if dim is None else t.select(dim, i)
+
+        outs = [op(entry(x, x_dim, i), entry(weight, weight_dim, i), entry(bias, bias_dim, i)) for i in range(info.batch_size)]
+        return torch.stack(outs), 0
+
+    return rule
+
+
+def relu_vmap(op):
+    def rule(info, in_dims, x):
+        return op(x), in_dims[0]  # elementwise: the batch stays where it is
+
+    return rule
+
+
+def register_python_rules(forward_name, backward_name, relu_name, relu_backward_name):
+    """Registers one backend's fake kernels and its forward ops' batching rules (the ops' autograd
+    is C++, csrc/autograd.cpp). The backward ops need no batching rule: under torch.func the
+    backward runs the torch formula (twolayer_ops.functional)."""
     torch.library.register_fake(forward_name)(linear_relu_fake)
     torch.library.register_fake(backward_name)(linear_relu_backward_fake)
     torch.library.register_fake(relu_name)(relu_fake)
     torch.library.register_fake(relu_backward_name)(relu_backward_fake)
+    torch.library.register_vmap(forward_name, linear_relu_vmap(_op(forward_name)))
+    torch.library.register_vmap(relu_name, relu_vmap(_op(relu_name)))
+
+
+def _op(qualname):
+    namespace, name = qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default
 
 
 @torch.library.register_fake("twolayer_ops::two_layer_step")
@@ -50,7 +87,7 @@ def two_layer_train_fake(x, y, params, grads, state, optimizer, lr, momentum, be
     return x.new_empty((steps,))
 
 
-register_fakes(
+register_python_rules(
     "twolayer_ops::linear_relu",
     "twolayer_ops::linear_relu_backward",
     "twolayer_ops::relu",

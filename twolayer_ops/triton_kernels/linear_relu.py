@@ -596,7 +596,7 @@ def relu_backward(grad_out, out):
     return elementwise(relu_backward_kernel, "relu_backward_triton", grad_out, out)
 
 
-# ---- registration: kernels for the *_triton schemas of csrc/ops.cpp; fakes shared with native ----
+# ---- registration: kernels for the *_triton schemas of csrc/ops.cpp; fakes and vmap rules shared with native ----
 
 def implement(native_name, impl):
     """Registers `impl` for CPU and CUDA as twolayer_ops::<native_name>_triton."""
@@ -605,7 +605,7 @@ def implement(native_name, impl):
     return qualname
 
 
-ops.register_fakes(
+ops.register_python_rules(
     implement("linear_relu", linear_relu),
     implement("linear_relu_backward", linear_relu_backward),
     implement("relu", relu),
