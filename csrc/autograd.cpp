@@ -4,50 +4,18 @@
 // (twolayer_ops.LinearReLUFunction and MyReLU mirror it in Python for the autograd.Function API.)
 // The backward ops are differentiable too, so create_graph=True (double backward, gradient
 // penalties) works as it does for relu(F.linear(...)).
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "linear_relu.h"
+#include "op_handles.h"
 
 namespace twolayer_ops {
 namespace autograd {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using LinearReLUSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
-using LinearReLUBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 3>);
-using ReLUSig = at::Tensor(const at::Tensor&);
-using ReLUBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&);
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Sig>();
-}
-
-// The op names of one backend: "twolayer_ops::linear_relu" + suffix, and so on.
-template <const char* Suffix>
-struct Ops {
-  static const c10::TypedOperatorHandle<LinearReLUSig>& linear_relu() {
-    static const auto op = find_op<LinearReLUSig>(std::string("twolayer_ops::linear_relu") + Suffix);
-    return op;
-  }
-  static const c10::TypedOperatorHandle<LinearReLUBackwardSig>& linear_relu_backward() {
-    static const auto op = find_op<LinearReLUBackwardSig>(std::string("twolayer_ops::linear_relu_backward") + Suffix);
-    return op;
-  }
-  static const c10::TypedOperatorHandle<ReLUSig>& relu() {
-    static const auto op = find_op<ReLUSig>(std::string("twolayer_ops::relu") + Suffix);
-    return op;
-  }
-  static const c10::TypedOperatorHandle<ReLUBackwardSig>& relu_backward() {
-    static const auto op = find_op<ReLUBackwardSig>(std::string("twolayer_ops::relu_backward") + Suffix);
-    return op;
-  }
-};
 
 template <class O>
 struct LinearReLUFunction : public torch::autograd::Function<LinearReLUFunction<O>> {
@@ -174,9 +142,6 @@ template <class O>
 at::Tensor relu_autograd(const at::Tensor& x) {
   return ReLUFunction<O>::apply(x);
 }
-
-constexpr char kNative[] = "";
-constexpr char kTriton[] = "_triton";
 
 }  // namespace autograd
 

@@ -7,7 +7,7 @@ import twolayer_ops
 from twolayer_ops import LinearReLUFunction, linear_relu
 
 from .cases import EMPTY_SHAPES, SHAPES, kernel_cases, poison_allocator
-from .reference import assert_close_to_ref, linear_relu_ref
+from .reference import REL_TOL, assert_close_to_ref, linear_relu_ref, rel_error
 
 pytestmark = pytest.mark.parametrize("device,backend", kernel_cases())
 
@@ -110,6 +110,30 @@ def test_f_linear_other_forms(device, backend, x_shape, w_shape, b_shape):
     want = torch.autograd.grad(ref, [t for t in ref_inputs if t is not None], grad_out)
     for i, (gt, wt) in enumerate(zip(got, want)):
         assert_close_to_ref(gt, wt, torch.float64, f"grad {i}")
+
+
+@pytest.mark.parametrize("api", ["linear_relu", "LinearReLUFunction"])
+def test_autocast_like_f_linear(device, backend, api):
+    """Under torch.autocast the op runs on x, weight and bias cast to the autocast dtype, as F.linear
+    does: the same output dtype and values, float32 gradients. On CUDA the op's own 16-bit kernel
+    runs; the CPU kernels are 32- and 64-bit only, so there F.linear's own ops run."""
+    x, w, b = make_inputs((9, 33), 17, dtype=torch.float32, device=device)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    fn = (lambda *a: linear_relu(*a, backend=backend)) if api == "linear_relu" else (lambda *a: LinearReLUFunction.apply(*a, backend))
+    lower = torch.get_autocast_dtype(device)
+    with torch.autocast(device):
+        out = fn(x, w, b)
+        ref = linear_relu_ref(*ref_inputs)
+    assert out.dtype == ref.dtype == lower
+    assert_close_to_ref(out, ref, lower)
+    if device == "cuda" and api == "linear_relu":
+        assert "twolayer_ops::autograd::LinearReLUFunction<" in out.grad_fn.name(), "the op's own kernel did not run"
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5)).to(device, lower)
+    got = torch.autograd.grad(out, (x, w, b), grad_out)
+    want = torch.autograd.grad(ref, ref_inputs, grad_out)
+    for name, g, r in zip(("x", "weight", "bias"), got, want):
+        assert g.dtype == torch.float32, f"grad of {name} is {g.dtype}"
+        assert rel_error(g, r) <= REL_TOL[lower], f"grad of {name}: relative error {rel_error(g, r):.3g}"
 
 
 @pytest.mark.parametrize("x_shape,n", [((3, 5), 4), ((2, 2, 3), 2)], ids=str)  # small: O(numel^2) calls

@@ -142,7 +142,9 @@ class LinearReLUFunction(torch.autograd.Function):
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         if not any(mask):
             return None, None, None, None
-        grads = _autograd_backend(ctx).linear_relu_backward(grad_out, out, x, weight, mask)
+        if out.dtype != x.dtype:  # autocast: the op ran on x and weight cast to out's dtype
+            x, weight = x.to(out.dtype), weight.to(out.dtype)
+        grads = _autograd_backend(ctx, out).linear_relu_backward(grad_out, out, x, weight, mask)
         return (*(g if m else None for g, m in zip(grads, mask)), None)
 
     @staticmethod
@@ -181,7 +183,7 @@ class MyReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
-        return _autograd_backend(ctx).relu_backward(grad_out, out), None
+        return _autograd_backend(ctx, out).relu_backward(grad_out, out), None
 
     @staticmethod
     def jvp(ctx, x_tangent, backend_tangent=None):
@@ -195,6 +197,10 @@ def _transformed():
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
-def _autograd_backend(ctx):
-    """The backend whose backward ops run: the forward's, or under a transform the torch formula."""
-    return BACKENDS["torch"] if _transformed() else ctx.backend
+def _autograd_backend(ctx, out):
+    """The backend whose backward ops run: the forward's; the torch formula under a transform, or
+    where autocast gave the output a dtype the backend has no kernel for (16-bit on the CPU, where
+    the forward ran torch's ops too: csrc/autocast.cpp)."""
+    if _transformed() or not ctx.backend.supports(out.device.type, out.dtype):
+        return BACKENDS["torch"]
+    return ctx.backend
