@@ -54,6 +54,8 @@ BAD_INPUTS = {
     "int x": (lambda x, w, b: (x.long(), w, b), TypeError, "x must be a floating-point tensor, got torch.int64"),
     "int weight": (lambda x, w, b: (x, w.int(), b), TypeError, "weight must be a floating-point tensor"),
     "dtype mismatch": (lambda x, w, b: (x, w.double(), b), TypeError, "weight dtype torch.float64 differs from x dtype torch.float32"),
+    "dtype mismatch, no bias": (lambda x, w, b: (x, w.double(), None), TypeError, "weight dtype torch.float64 differs"),
+    "device mismatch, no bias": (lambda x, w, b: (x, w.to("meta"), None), ValueError, "weight is on meta but x is on cpu"),
     "bias dtype": (lambda x, w, b: (x, w, b.half()), TypeError, "bias dtype torch.float16 differs"),
     "device mismatch": (lambda x, w, b: (x, w.to("meta"), b), ValueError, "weight is on meta but x is on cpu"),
     "not a tensor": (lambda x, w, b: (x.tolist(), w, b), TypeError, "x must be a torch.Tensor, got list"),

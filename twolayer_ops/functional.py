@@ -4,75 +4,7 @@ import torch.nn.functional as F
 from torch.autograd import forward_ad
 
 from .backends import BACKENDS, resolve_backend
-
-
-def _check_tensor(op, name, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
-
-
-def _args_ok(x, weight, bias):
-    """The common, valid case, decided by one cheap test: x (..., K), weight (N, K), bias (N,) or None."""
-    try:
-        return (
-            x.dtype is weight.dtype
-            and x.is_floating_point()
-            and weight.dim() == 2
-            and x.dim() >= 1
-            and x.shape[-1] == weight.shape[1]
-            and x.device == weight.device
-            and (bias is None or (bias.dtype is x.dtype and bias.shape == weight.shape[:1] and bias.device == x.device))
-        )
-    except AttributeError:
-        return False  # not a tensor: explained by _explain_bad_args
-
-
-def check_linear_relu_args(x, weight, bias):
-    """Clear errors for bad shapes, dtypes and devices, the same for every backend. Only a failure
-    of the cheap test looks closer, to say what is wrong."""
-    if not _args_ok(x, weight, bias):
-        _explain_bad_args(x, weight, bias, other_forms=False)
-
-
-def _explain_bad_args(x, weight, bias, *, other_forms):
-    """Raises the error that says what is wrong; other_forms: F.linear's other forms are valid."""
-    named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    for name, t in named:
-        _check_tensor("linear_relu", name, t)
-    if x.dim() < 1:
-        raise ValueError("linear_relu: x must have at least 1 dimension (..., in_features), got a 0-d tensor")
-    if weight.dim() not in ((1, 2) if other_forms else (2,)):
-        forms = "(out_features, in_features)" + (" or (in_features,)" if other_forms else "")
-        raise ValueError(f"linear_relu: weight must be {forms}, got shape {tuple(weight.shape)}")
-    if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(
-            f"linear_relu: x's last dimension ({x.shape[-1]}) must equal weight.shape[-1] ({weight.shape[-1]}); "
-            f"x {tuple(x.shape)}, weight {tuple(weight.shape)}"
-        )
-    if bias is not None and (_feature_bias(x, weight, bias) is None if other_forms else bias.shape != weight.shape[:1]):
-        n = weight.shape[0] if weight.dim() == 2 else 1
-        forms = f"one value per output feature: ({n},), () or (1, ..., {n})" if other_forms else f"shape ({n},)"
-        raise ValueError(f"linear_relu: bias must have {forms}; got {tuple(bias.shape)} for weight {tuple(weight.shape)}")
-    for name, t in named[1:]:
-        if t.dtype != x.dtype:
-            raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"linear_relu: {name} is on {t.device} but x is on {x.device}")
-    raise AssertionError("linear_relu rejected arguments that _explain_bad_args accepts")
-
-
-def _feature_bias(x, weight, bias):
-    """bias as the kernels' (N,) vector (a view), where F.linear broadcasts it as one value per
-    output feature: (N,), (), (1,) or (1, ..., 1 or N), with no more dimensions than the output.
-    None for any other shape (a bias that varies over rows cannot go in the fused epilogue)."""
-    features = weight.shape[0] if weight.dim() == 2 else 1
-    out_dim = x.dim() if weight.dim() == 2 else x.dim() - 1
-    last = bias.shape[-1] if bias.dim() else 1
-    if bias.dim() > out_dim or last not in (1, features) or any(d != 1 for d in bias.shape[:-1]):
-        return None
-    return bias.reshape(last).expand(features)
+from .checks import args_ok, check_linear_relu_args, check_tensor, explain_bad_args, feature_bias
 
 
 def linear_relu(x, weight, bias=None, *, backend="auto"):
@@ -82,29 +14,36 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
 
     backend: "auto" (native where it has a kernel for the device and dtype, else torch),
     "native", "triton" or "torch" (the composite reference)."""
-    if not _args_ok(x, weight, bias):
-        return _linear_relu_other_forms(x, weight, bias, backend)
     if _transformed():
-        return LinearReLUFunction.apply(x, weight, bias, backend)
-    return resolve_backend(backend, x).linear_relu(x, weight, bias)
+        if args_ok(x, weight, bias):
+            return LinearReLUFunction.apply(x, weight, bias, backend)
+    else:
+        # Every backend's op checks its arguments (native in C++, triton and torch in checks.py), so
+        # the common call pays for no check here; only a failure looks closer.
+        try:
+            return resolve_backend(backend, x).linear_relu(x, weight, bias)
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
+            if args_ok(x, weight, bias):
+                raise  # valid arguments: a failure that is not theirs to explain
+    return _linear_relu_other_forms(x, weight, bias, backend)
 
 
 def _linear_relu_other_forms(x, weight, bias, backend):
     """F.linear's other forms, on the (N, K) kernels, or the error that says what is wrong."""
     tensors = all(isinstance(t, torch.Tensor) for t in (x, weight, bias) if t is not None)
     if tensors and x.dim() >= 1 and weight.dim() in (1, 2) and x.shape[-1] == weight.shape[-1]:
-        feature_bias = None if bias is None else _feature_bias(x, weight, bias)
-        if bias is None or feature_bias is not None:
+        per_feature = None if bias is None else feature_bias(x, weight, bias)
+        if bias is None or per_feature is not None:
             if weight.dim() == 1:
-                return linear_relu(x, weight.unsqueeze(0), feature_bias, backend=backend).squeeze(-1)
-            if feature_bias.shape != bias.shape:  # else: no new form; the error below says what is wrong
-                return linear_relu(x, weight, feature_bias, backend=backend)
-    _explain_bad_args(x, weight, bias, other_forms=True)
+                return linear_relu(x, weight.unsqueeze(0), per_feature, backend=backend).squeeze(-1)
+            if bias is not None and per_feature.shape != bias.shape:  # else no new form: the error below says what is wrong
+                return linear_relu(x, weight, per_feature, backend=backend)
+    explain_bad_args(x, weight, bias, other_forms=True)
 
 
 def relu(x, *, backend="auto"):
     """relu(x) on the library's standalone kernels; NaN passes through, as in torch.relu."""
-    _check_tensor("relu", "x", x)
+    check_tensor("relu", "x", x)
     if _transformed():
         return MyReLU.apply(x, backend)
     return resolve_backend(backend, x).relu(x)
@@ -170,7 +109,7 @@ class MyReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(x, backend="auto"):
-        _check_tensor("MyReLU", "x", x)
+        check_tensor("MyReLU", "x", x)
         return resolve_backend(backend, x).relu(x)
 
     @staticmethod

@@ -4,6 +4,7 @@ forward ops' batching rules, for torch.vmap."""
 import torch
 
 from . import _C  # noqa: F401  (loading it runs TORCH_LIBRARY: defines torch.ops.twolayer_ops.*)
+from .checks import check_linear_relu_args
 
 ops = torch.ops.twolayer_ops
 
@@ -14,6 +15,9 @@ HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("twolayer_ops:
 # ---- fake kernels: shapes, dtypes and devices only -------------------------------------------
 
 def linear_relu_fake(x, weight, bias):
+    # Checks as the kernels do: with tensors on the meta device and others (x on the CPU, weight on
+    # meta), the dispatcher picks this kernel, and no other would check.
+    check_linear_relu_args(x, weight, bias)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 

@@ -52,6 +52,7 @@ from torch.torch_version import TorchVersion  # PEP 440 comparisons
 from triton.backends import backends as triton_backends
 
 from .. import ops
+from ..checks import check_linear_relu_args
 from . import hopper
 
 
@@ -427,9 +428,6 @@ def input_precision(t):
 # ---- the op implementations ----------------------------------------------------------------
 
 def linear_relu(x, weight, bias):
-    # functional imports the backends, which import this module: so the shared checks load late.
-    from ..functional import check_linear_relu_args
-
     check_linear_relu_args(x, weight, bias)
     check_runs("linear_relu_triton", x)
     (N, K), M = weight.shape, math.prod(x.shape[:-1])
@@ -452,8 +450,6 @@ def linear_relu(x, weight, bias):
 
 
 def check_backward_args(grad_out, out, x, weight):
-    from ..functional import check_linear_relu_args
-
     check_linear_relu_args(x, weight, None)
     out_shape = (*x.shape[:-1], weight.shape[0])
     for name, t in (("grad_out", grad_out), ("out", out)):
