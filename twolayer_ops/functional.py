@@ -57,7 +57,7 @@ class LinearReLUFunction(torch.autograd.Function):
     It also serves torch.func (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap), which linear_relu
     routes here: the ops' C++ autograd cannot run under those transforms, so there the backward and
     the jvp take the same formula in torch ops (the torch backend's), which torch.func can transform.
-    vmap runs the forward kernel once per batch entry (torch's batching fallback)."""
+    Under vmap the forward runs the op's batching rule (twolayer_ops/ops.py)."""
 
     generate_vmap_rule = True
 
@@ -68,8 +68,9 @@ class LinearReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, backend = (*inputs, None, "auto")[:2] + (*inputs[2:], None, "auto")[:2]
-        ctx.backend = resolve_backend(backend, x)
+        x, weight = inputs[:2]
+        bias = inputs[2] if len(inputs) > 2 else None
+        ctx.backend = resolve_backend(inputs[3] if len(inputs) > 3 else "auto", x)
         ctx.save_for_backward(x, weight, output)
         ctx.save_for_forward(x, weight, output)
         ctx.has_bias = bias is not None
@@ -114,8 +115,7 @@ class MyReLU(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, backend = (*inputs, "auto")[:2]
-        ctx.backend = resolve_backend(backend, x)
+        ctx.backend = resolve_backend(inputs[1] if len(inputs) > 1 else "auto", inputs[0])
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
 
