@@ -45,7 +45,7 @@ def test_torch_func_matches_reference(device, backend, transform):
     assert len(got) == len(want)
     for i, (g, r) in enumerate(zip(got, want)):
         assert_close_to_ref(g, r, torch.float64, f"{transform} result {i}")
-    assert not [w for w in caught if "batching rule" in str(w.message)], "an op fell back to torch's batching loop"
+    assert not [warning for warning in caught if "batching rule" in str(warning.message)], "an op fell back to torch's batching loop"
 
 
 @pytest.mark.parametrize("transform", ["jacfwd", "hessian", "vmap"])
