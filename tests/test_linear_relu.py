@@ -260,3 +260,23 @@ def test_compile_fullgraph(device, backend):
     torch.testing.assert_close(out, ref_out)
     for got, want in zip((x, w, b), ref):
         torch.testing.assert_close(got.grad, want.grad)
+
+
+def test_compile_fullgraph_autocast_and_other_forms(device, backend):
+    """torch.compile traces the autocast casts and F.linear's other forms as eager runs them."""
+    torch._dynamo.reset()
+    x, w, b = make_inputs((8, 16), 4, dtype=torch.float32, device=device)
+
+    def forms(x, w, b):
+        with torch.autocast(device):
+            under_autocast = linear_relu(x, w, b, backend=backend)
+        return under_autocast, linear_relu(x, w[0], b[0], backend=backend), linear_relu(x, w, b[:1], backend=backend)
+
+    got = torch.compile(forms, fullgraph=True)(x, w, b)
+    ref = [t.detach().clone() for t in (x, w, b)]
+    with torch.autocast(device):
+        want_autocast = linear_relu_ref(*ref)
+    want = (want_autocast, torch.relu(ref[0] @ ref[1][0] + ref[2][0]), linear_relu_ref(ref[0], ref[1], ref[2][:1]))
+    for g, r in zip(got, want):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        assert_close_to_ref(g, r, r.dtype)
