@@ -111,12 +111,23 @@ struct ReLUBackwardFunction : public torch::autograd::Function<ReLUBackwardFunct
   }
 };
 
-// The first-order backward runs with grad mode off: it goes straight to the kernel, with no node.
+inline bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+inline bool has_tangent(const std::optional<at::Tensor>& t) { return t.has_value() && has_tangent(*t); }
+
+// Nothing for autograd to record: grad mode is off (no_grad, inference, the forward of a Python
+// autograd Function, the first-order backward) and no input carries a forward-mode tangent. Such a
+// call goes straight to the kernel; a Function would still build a node. A tangent goes to the
+// Function, which refuses it clearly (the C++ API has no jvp) instead of dropping it.
+template <typename... Tensors>
+bool untracked(const Tensors&... tensors) {
+  return !at::GradMode::is_enabled() && !(has_tangent(tensors) || ...);
+}
+
 template <class O>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_autograd(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
-  if (!at::GradMode::is_enabled()) {
+  if (untracked(grad_out, out, x, weight)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return O::linear_relu_backward().call(grad_out, out, x, weight, output_mask);
   }
@@ -126,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_autograd(
 
 template <class O>
 at::Tensor relu_backward_autograd(const at::Tensor& grad_out, const at::Tensor& out) {
-  if (!at::GradMode::is_enabled()) {
+  if (untracked(grad_out, out)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return O::relu_backward().call(grad_out, out);
   }
@@ -135,11 +146,19 @@ at::Tensor relu_backward_autograd(const at::Tensor& grad_out, const at::Tensor& 
 
 template <class O>
 at::Tensor linear_relu_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  if (untracked(x, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return O::linear_relu().call(x, weight, bias);
+  }
   return LinearReLUFunction<O>::apply(x, weight, bias);
 }
 
 template <class O>
 at::Tensor relu_autograd(const at::Tensor& x) {
+  if (untracked(x)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return O::relu().call(x);
+  }
   return ReLUFunction<O>::apply(x);
 }
 

@@ -71,3 +71,14 @@ def test_forward_mode_ad(device, backend):
     assert_close_to_ref(got.primal, want.primal, torch.float64)
     assert_close_to_ref(got.tangent, want.tangent, torch.float64, "tangent")
     assert_close_to_ref(relu_got, relu_want, torch.float64, "relu tangent")
+
+
+def test_direct_op_call_refuses_a_tangent_under_no_grad(device, backend):
+    """Under no_grad a call skips the ops' autograd, but not when an input carries a forward-mode
+    tangent: that must fail clearly, not come back without its tangent."""
+    op = torch.ops.twolayer_ops.linear_relu if backend == "native" else torch.ops.twolayer_ops.linear_relu_triton
+    x, w, b = inputs(device)
+    with fwAD.dual_level(), torch.no_grad():
+        dual = fwAD.make_dual(x, x.cos())
+        with pytest.raises(RuntimeError, match="jvp"):
+            op(dual, w, b)

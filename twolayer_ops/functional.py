@@ -16,7 +16,7 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
     "native", "triton" or "torch" (the composite reference)."""
     if _transformed():
         if args_ok(x, weight, bias):
-            return LinearReLUFunction.apply(x, weight, bias, backend)
+            return _TransformableLinearReLU.apply(x, weight, bias, backend)
     else:
         # Every backend's op checks its arguments (native in C++, triton and torch in checks.py), so
         # the common call pays for no check here; only a failure looks closer.
@@ -45,35 +45,24 @@ def relu(x, *, backend="auto"):
     """relu(x) on the library's standalone kernels; NaN passes through, as in torch.relu."""
     check_tensor("relu", "x", x)
     if _transformed():
-        return MyReLU.apply(x, backend)
+        return _TransformableReLU.apply(x, backend)
     return resolve_backend(backend, x).relu(x)
 
 
 class LinearReLUFunction(torch.autograd.Function):
     """The fused op as an autograd Function: LinearReLUFunction.apply(x, weight, bias, backend).
     Its backward is the ops' own formula (csrc/autograd.cpp): the backend's backward op, asked for
-    only the gradients autograd needs, with the mask taken from the saved output.
-
-    It also serves torch.func (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap), which linear_relu
-    routes here: the ops' C++ autograd cannot run under those transforms, so there the backward and
-    the jvp take the same formula in torch ops (the torch backend's), which torch.func can transform.
-    Under vmap the forward runs the op's batching rule (twolayer_ops/ops.py)."""
-
-    generate_vmap_rule = True
+    only the gradients autograd needs, with the mask taken from the saved output. Written with ctx,
+    as the seed's MyReLU is; under torch.func, call linear_relu, which takes the form those need."""
 
     @staticmethod
-    def forward(x, weight, bias=None, backend="auto"):
+    def forward(ctx, x, weight, bias=None, backend="auto"):
         check_linear_relu_args(x, weight, bias)
-        return resolve_backend(backend, x).linear_relu(x, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight = inputs[:2]
-        bias = inputs[2] if len(inputs) > 2 else None
-        ctx.backend = resolve_backend(inputs[3] if len(inputs) > 3 else "auto", x)
-        ctx.save_for_backward(x, weight, output)
-        ctx.save_for_forward(x, weight, output)
+        ctx.backend = resolve_backend(backend, x)
+        out = ctx.backend.linear_relu(x, weight, bias)
+        ctx.save_for_backward(x, weight, out)
         ctx.has_bias = bias is not None
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -87,9 +76,51 @@ class LinearReLUFunction(torch.autograd.Function):
         grads = _autograd_backend(ctx, out).linear_relu_backward(grad_out, out, x, weight, mask)
         return (*(g if m else None for g, m in zip(grads, mask)), None)
 
+
+class MyReLU(torch.autograd.Function):
+    """The seed's MyReLU on the library's kernels: MyReLU.apply(x) or MyReLU.apply(x, backend).
+    It saves the output, not the input: the mask out > 0 is the same. Under torch.func, call relu."""
+
     @staticmethod
-    def jvp(ctx, x_tangent, weight_tangent, bias_tangent=None, backend_tangent=None):
-        """Forward mode: the masked x' W^T + x W'^T + b', the mask from the output as in backward."""
+    def forward(ctx, x, backend="auto"):
+        check_tensor("MyReLU", "x", x)
+        ctx.backend = resolve_backend(backend, x)
+        out = ctx.backend.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        return _autograd_backend(ctx, out).relu_backward(grad_out, out), None
+
+
+# torch.func transforms and forward-mode AD: the ops' C++ autograd serves neither, and an autograd
+# Function serves them only in the setup_context form, with a jvp for forward mode. That form's
+# apply binds its arguments with inspect.signature on every call (about 40 us in torch 2.14), so
+# the Functions above keep the ctx form and these subclasses, used only under a transform, add the
+# other. There the backward and the jvp take the torch backend's formula, which torch.func can
+# transform; under vmap the forward runs the ops' batching rules (twolayer_ops/ops.py).
+
+class _TransformableLinearReLU(LinearReLUFunction):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias=None, backend="auto"):
+        check_linear_relu_args(x, weight, bias)
+        return resolve_backend(backend, x).linear_relu(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, backend = inputs  # apply has bound the defaults
+        ctx.backend = resolve_backend(backend, x)
+        ctx.save_for_backward(x, weight, output)
+        ctx.save_for_forward(x, weight, output)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, weight_tangent, bias_tangent, backend_tangent):
+        """The masked x' W^T + x W'^T + b', the mask from the output as in the backward."""
         x, weight, out = ctx.saved_tensors
         pre = torch.zeros_like(out)
         if x_tangent is not None:
@@ -98,41 +129,31 @@ class LinearReLUFunction(torch.autograd.Function):
             pre = pre + F.linear(x, weight_tangent)
         if bias_tangent is not None:
             pre = pre + bias_tangent
-        return BACKENDS["torch"].relu_backward(pre, out)  # forward mode: under a transform only
+        return BACKENDS["torch"].relu_backward(pre, out)
 
 
-class MyReLU(torch.autograd.Function):
-    """The seed's MyReLU on the library's kernels: MyReLU.apply(x) or MyReLU.apply(x, backend).
-    It saves the output, not the input: the mask out > 0 is the same. Written with setup_context,
-    as torch.func needs; relu routes here under torch.func transforms, as linear_relu does."""
-
+class _TransformableReLU(MyReLU):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, backend="auto"):
-        check_tensor("MyReLU", "x", x)
+        check_tensor("relu", "x", x)
         return resolve_backend(backend, x).relu(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.backend = resolve_backend(inputs[1] if len(inputs) > 1 else "auto", inputs[0])
+        ctx.backend = resolve_backend(inputs[1], inputs[0])
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        (out,) = ctx.saved_tensors
-        return _autograd_backend(ctx, out).relu_backward(grad_out, out), None
-
-    @staticmethod
-    def jvp(ctx, x_tangent, backend_tangent=None):
+    def jvp(ctx, x_tangent, backend_tangent):
         (out,) = ctx.saved_tensors
         return BACKENDS["torch"].relu_backward(x_tangent, out)
 
 
 def _transformed():
-    """A torch.func transform or a forward-mode AD level is active: the ops' C++ autograd serves
-    neither, the autograd Functions here serve both. About 0.1 us a call."""
+    """A torch.func transform or a forward-mode AD level is active. About 0.1 us a call."""
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
