@@ -51,7 +51,8 @@ def explain_bad_args(x, weight, bias, *, other_forms):
     if bias is not None and (feature_bias(x, weight, bias) is None if other_forms else bias.shape != weight.shape[:1]):
         n = weight.shape[0] if weight.dim() == 2 else 1
         forms = f"one value per output feature: ({n},), () or (1, ..., {n})" if other_forms else f"shape ({n},)"
-        raise ValueError(f"linear_relu: bias must have {forms}; got {tuple(bias.shape)} for weight {tuple(weight.shape)}")
+        shapes = f"got {tuple(bias.shape)} for weight {tuple(weight.shape)}"
+        raise ValueError(f"linear_relu: bias must have {forms}; {shapes}")
     for name, t in named[1:]:
         if t.dtype != x.dtype:
             raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")

@@ -36,7 +36,7 @@ def _linear_relu_other_forms(x, weight, bias, backend):
         if bias is None or per_feature is not None:
             if weight.dim() == 1:
                 return linear_relu(x, weight.unsqueeze(0), per_feature, backend=backend).squeeze(-1)
-            if bias is not None and per_feature.shape != bias.shape:  # else no new form: the error below says what is wrong
+            if bias is not None and per_feature.shape != bias.shape:  # else: not a new form
                 return linear_relu(x, weight, per_feature, backend=backend)
     explain_bad_args(x, weight, bias, other_forms=True)
 

@@ -50,7 +50,8 @@ def linear_relu_vmap(op):
         def entry(t, dim, i):
             return t if dim is None else t.select(dim, i)
 
-        outs = [op(entry(x, x_dim, i), entry(weight, weight_dim, i), entry(bias, bias_dim, i)) for i in range(info.batch_size)]
+        outs = [op(entry(x, x_dim, i), entry(weight, weight_dim, i), entry(bias, bias_dim, i))
+                for i in range(info.batch_size)]
         return torch.stack(outs), 0
 
     return rule
