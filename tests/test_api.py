@@ -1,6 +1,8 @@
-"""Backend selection and clear errors on bad input."""
+"""Backend selection, F.linear's argument forms and clear errors on bad input."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import twolayer_ops
 from twolayer_ops import available_backends, linear_relu, relu
@@ -68,6 +70,50 @@ def test_bad_input_raises_clear_error(case, backend):
     make, error, message = BAD_INPUTS[case]
     with pytest.raises(error, match=message):
         linear_relu(*make(*x_w_b()), backend=backend)
+
+
+@st.composite
+def argument_forms(draw):
+    """x of 1 to 3 dimensions (sizes from 0), weight (N, K) or (K,), and a bias of any of the shapes
+    F.linear broadcasts, valid for the fused op or not."""
+    lead = draw(st.lists(st.integers(0, 3), max_size=2))
+    k, n = draw(st.integers(0, 5)), draw(st.integers(0, 4))
+    vector_weight = draw(st.booleans())
+    features = 1 if vector_weight else n
+    bias_shapes = [None, (features,), (), (1,), (1, features), (1, 1, features), (2, features), (features, 1)]
+    bias_shape = draw(st.sampled_from(bias_shapes))
+    return lead, k, n, vector_weight, bias_shape
+
+
+@settings(max_examples=300)
+@given(form=argument_forms(), backend=st.sampled_from(["auto", "native", "torch"]))
+def test_argument_forms_match_the_formula_or_raise_clearly(form, backend):
+    """Each form either matches x @ weight.T + bias (F.linear's formula) in output, shape and every
+    gradient, or raises ValueError: exactly the forms with one bias value per output feature and no
+    more bias dimensions than output dimensions are taken."""
+    lead, k, n, vector_weight, bias_shape = form
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, k, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*(() if vector_weight else (n,)), k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = None if bias_shape is None else torch.randn(bias_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    out_dims = x.dim() - vector_weight
+    features = 1 if vector_weight else n
+    taken = b is None or (
+        b.dim() <= out_dims and (b.shape[-1] if b.dim() else 1) in (1, features) and all(d == 1 for d in b.shape[:-1])
+    )
+    if not taken:
+        with pytest.raises(ValueError, match="bias must have one value per output feature"):
+            linear_relu(x, w, b, backend=backend)
+        return
+    out = linear_relu(x, w, b, backend=backend)
+    ref = torch.relu(x @ w.t() + (0 if b is None else b))
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+    inputs = [t for t in (x, w, b) if t is not None]
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad_out, allow_unused=True),
+                         torch.autograd.grad(ref, inputs, grad_out, allow_unused=True)):
+        torch.testing.assert_close(got, want)
 
 
 def test_autograd_function_takes_only_the_matrix_form():
