@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
-#          shapes, the same sm90 shapes under the GEMM variants that are off until timed (two-block
-#          clusters, the TMA-store epilogue) and their memcheck, then the `more` steps.
+#          shapes and the seed's layers (again replayed from CUDA graphs), the same sm90 shapes under
+#          the GEMM variants that are off until timed (two-block clusters, the TMA-store epilogue)
+#          and their memcheck, then the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last, skipping the steps an
 #          earlier call on this machine finished with the same sources: the Hopper evidence, the
 #          Triton TMA backward's timing, the fused-step benchmark, memcheck of the default sm90 path,
@@ -145,6 +146,9 @@ case $stage in
     # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+    # The seed's layers replayed from CUDA graphs, every provider graphed: the GPU's time without the host's.
+    step kernels_graph 60 "$PY" -m benchmarks.linear_relu --device cuda --cases "$SEED_CASES" --cuda-graph \
+      --modes fwd,fwdbwd --providers native,triton,mm,addmm_act,compile --csv "$logs/kernels_graph.csv"
     step kernels_variants 150 bash -c variant_kernels
     step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
       compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail

@@ -14,6 +14,10 @@ GPU times are triton.testing.do_bench medians with p20/p80, and the inputs rotat
 copies to spill L2 when one set would fit; CPU times are torch.utils.benchmark medians over 5
 rounds that interleave the providers. The first call (autotuning, compilation) is timed apart and
 reported as the "warmup" metric.
+
+--cuda-graph captures each provider's steps over all its input sets in one CUDA graph and reports a
+replay's time per step: PyTorch's CUDA-graph path, the GPU's time without the host's launch cost
+(modes fwd+graph, bwd+graph, fwdbwd+graph; ratios against the same run's graphed mm and eager).
 """
 import argparse
 import itertools
@@ -42,6 +46,8 @@ GPU_REPORT_CASES = (
     "float32:64x1000x100+64x100x10+4096x4096x4096;tf32:4096x4096x4096;"
     "bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096"
 )
+# Timed again from CUDA graphs in the GPU report: the seed's layers, where the host's launch cost hides the GPU's.
+GPU_GRAPH_CASES = "float32:64x1000x100+64x100x10"
 
 
 def _mm_ceiling(mode):
@@ -114,6 +120,22 @@ def workload(name, fn, mode, sets):
     return lambda: torch.autograd.grad(*next(graphs), retain_graph=True)
 
 
+def graphed(run, calls):
+    """`calls` steps of run() (each takes the next input set) captured back to back in one CUDA graph,
+    after three warmup calls on a side stream as torch.cuda.graphs asks. Returns the graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            run()
+    return graph.replay
+
+
 def time_us(runs, device):
     """{provider: (p50, p20, p80)} in microseconds for {provider: zero-argument callable}.
 
@@ -171,8 +193,11 @@ def applicable(name, mode, device):
     return not (name == "addmm_act" and mode != "fwd")
 
 
-def run(device, cases, modes, provider_names=None, progress=True):
-    """cases: [((M, K, N), dtype name)]; every provider, every mode, in one process."""
+def run(device, cases, modes, provider_names=None, progress=True, cuda_graph=False):
+    """cases: [((M, K, N), dtype name)]; every provider, every mode, in one process. cuda_graph (CUDA
+    only): each provider's steps replayed from a CUDA graph (graphed()); the rows' modes read fwd+graph, ..."""
+    if cuda_graph and device != "cuda":
+        raise ValueError("cuda_graph needs device='cuda'")
     found = providers(device, provider_names)
     names = provider_names or list(found)
     unknown = [p for p in names if p not in found]
@@ -198,13 +223,24 @@ def run(device, cases, modes, provider_names=None, progress=True):
             if device == "cuda":
                 torch.cuda.synchronize()
             warm_ms[name] = (time.perf_counter() - start) * 1e3
+            if cuda_graph:
+                try:
+                    runs[name] = graphed(runs[name], len(sets))
+                except RuntimeError as err:  # a provider that cannot be captured is a finding, not the end of the run
+                    tqdm.write(f"{m}x{k}x{n} {dt_name} {mode}: {name} cannot be captured in a CUDA graph: {err}",
+                               file=sys.stderr)
+                    del runs[name]
+                    torch.cuda.synchronize()
         timed = time_us(runs, device)
+        if cuda_graph:  # a replay runs one step per input set
+            timed = {name: tuple(t / len(sets) for t in times) for name, times in timed.items()}
+        label = f"{mode}+graph" if cuda_graph else mode
         if progress:  # each case as it ends, so a run cut short still reports what it measured
             mm_us = timed["mm"][0]
-            tqdm.write(f"{m}x{k}x{n} {dt_name} {mode}: " + ", ".join(
+            tqdm.write(f"{m}x{k}x{n} {dt_name} {label}: " + ", ".join(
                 f"{name} {t[0]:.1f} us ({t[0] / mm_us:.3f}x mm)" for name, t in timed.items()), file=sys.stderr)
         for name, (p50, p20, p80) in timed.items():
-            key = dict(op="linear_relu", provider=name, mode=mode, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
+            key = dict(op="linear_relu", provider=name, mode=label, shape=f"{m}x{k}x{n}", dtype=dt_name, tf32=dt_name == "tf32")
             rows.append(Row(**key, metric="time", unit="us", p50=p50, p20=p20, p80=p80))
             rows.append(Row(**key, metric="tflops", unit="TFLOP/s", p50=flops(m, k, n, mode) / p50 / 1e6))
             rows.append(Row(**key, metric="warmup", unit="ms", p50=warm_ms[name]))
@@ -213,7 +249,7 @@ def run(device, cases, modes, provider_names=None, progress=True):
                 with torch.enable_grad():
                     xs = [t.detach().requires_grad_() for t in (x, w, b)]
                     rows.append(Row(**key, metric="saved_for_backward", unit="MB", p50=saved_bytes(found[name], *xs) / 2**20))
-            peak = peak_bytes(runs[name], device)
+            peak = None if cuda_graph else peak_bytes(runs[name], device)  # a replay allocates nothing
             if peak is not None:
                 rows.append(Row(**key, metric="peak_memory", unit="MB", p50=peak / 2**20))
         del runs
@@ -243,9 +279,12 @@ def parse_args(argv=None):
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--providers", help="comma-separated subset (default: all available)")
     parser.add_argument("--csv", help="write the rows to this CSV file")
+    parser.add_argument("--cuda-graph", action="store_true", help="time each provider's step replayed from CUDA graphs")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    if args.cuda_graph and args.device != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     d = DEFAULTS[args.device]
     shape = lambda s: tuple(int(v) for v in s.split("x"))  # noqa: E731
     try:
@@ -269,7 +308,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    rows = run(args.device, args.cases, args.modes, args.providers)
+    rows = run(args.device, args.cases, args.modes, args.providers, cuda_graph=args.cuda_graph)
     print(f"\n{device_name(args.device)}\n")
     print_markdown(rows)
     if args.csv:

@@ -69,6 +69,9 @@ def main(argv=None, prog=None):
     cases = args.cases or (linear_relu.GPU_REPORT_CASES if args.device == "cuda" else None)
     k = linear_relu.parse_args(["--device", args.device] + (["--cases", cases] if cases else []))
     kernel_rows = linear_relu.run(k.device, k.cases, k.modes)
+    if args.device == "cuda" and not args.cases:
+        g = linear_relu.parse_args(["--device", "cuda", "--cases", linear_relu.GPU_GRAPH_CASES, "--cuda-graph"])
+        kernel_rows += linear_relu.run("cuda", g.cases, g.modes, cuda_graph=True)
     backends = [b for b in linear_relu.providers(args.device) if b in ("native", "triton")] + ["torch", "fused_step"]
     recipes = [r for r in trainers.RECIPES if r != "numpy"]
     trainer_rows = trainers.run(recipes, backends, args.device, args.trainer_steps, repeats=3)

@@ -21,6 +21,13 @@ def test_kernel_benchmark_rows_and_ratios():
         assert abs(s - times[mode, "eager"] / times[mode, provider]) < 1e-9
 
 
+def test_cuda_graph_mode_refuses_the_cpu():
+    with pytest.raises(SystemExit):
+        linear_relu.parse_args(["--device", "cpu", "--cuda-graph"])
+    with pytest.raises(ValueError, match="cuda_graph needs device='cuda'"):
+        linear_relu.run("cpu", [((8, 16, 4), "float32")], ["fwd"], ["native"], progress=False, cuda_graph=True)
+
+
 def test_trainer_benchmark_rows():
     rows = trainers.run(["optim"], ["native", "fused_step"], "cpu", steps=3, repeats=1, progress=False)
     times = {r.provider: r.p50 for r in rows if r.metric == "time"}
