@@ -111,16 +111,20 @@ struct ReLUBackwardFunction : public torch::autograd::Function<ReLUBackwardFunct
   }
 };
 
-inline bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
-inline bool has_tangent(const std::optional<at::Tensor>& t) { return t.has_value() && has_tangent(*t); }
+// Autograd records a call when an input requires grad under grad mode, or carries a forward-mode tangent.
+inline bool tracked(const at::Tensor& t) {
+  return t.defined() && ((t.requires_grad() && at::GradMode::is_enabled()) || t._fw_grad(/*level=*/0).defined());
+}
+inline bool tracked(const std::optional<at::Tensor>& t) { return t.has_value() && tracked(*t); }
 
 // Nothing for autograd to record: grad mode is off (no_grad, inference, the forward of a Python
-// autograd Function, the first-order backward) and no input carries a forward-mode tangent. Such a
-// call goes straight to the kernel; a Function would still build a node. A tangent goes to the
-// Function, which refuses it clearly (the C++ API has no jvp) instead of dropping it.
+// autograd Function, the first-order backward) or no input requires grad, and no input carries a
+// forward-mode tangent. Such a call goes straight to the kernel; a Function would still wrap its
+// outputs (about 1 us a call). A tangent goes to the Function, which refuses it clearly (the C++ API
+// has no jvp) instead of dropping it.
 template <typename... Tensors>
 bool untracked(const Tensors&... tensors) {
-  return !at::GradMode::is_enabled() && !(has_tangent(tensors) || ...);
+  return !(tracked(tensors) || ...);
 }
 
 template <class O>

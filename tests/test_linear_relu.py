@@ -229,6 +229,23 @@ def test_only_needed_gradients(device, backend):
     check_against_reference(x, w, b, backend)
 
 
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("needs", [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], ids=str)
+def test_output_is_tracked_like_reference(device, backend, needs, grad_mode):
+    """The output requires grad (and has a node) exactly when the reference's does."""
+    inputs = make_inputs((4, 5), 3, device=device, requires_grad=False)
+    for t, need in zip(inputs, needs):
+        t.requires_grad_(bool(need))
+    with torch.set_grad_enabled(grad_mode):
+        out, ref = linear_relu(*inputs, backend=backend), linear_relu_ref(*inputs)
+    assert out.requires_grad == ref.requires_grad and (out.grad_fn is None) == (ref.grad_fn is None)
+    if ref.requires_grad:
+        got = torch.autograd.grad(out.sum(), [t for t in inputs if t.requires_grad])
+        want = torch.autograd.grad(ref.sum(), [t for t in inputs if t.requires_grad])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_opcheck(device, backend, bias):
     if backend == "native":

@@ -76,6 +76,15 @@ def test_seed_training_loop(device, backend):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("requires_grad", [True, False])
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_output_is_tracked_like_reference(device, backend, requires_grad, grad_mode):
+    x = torch.randn(4, 5, device=device, requires_grad=requires_grad)
+    with torch.set_grad_enabled(grad_mode):
+        out = relu(x, backend=backend)
+    assert out.requires_grad == (requires_grad and grad_mode) and (out.grad_fn is None) == (not out.requires_grad)
+
+
 def test_opcheck(device, backend):
     fwd, bwd = relu_ops(backend)
     for x in (torch.randn(3, 5, device=device), torch.randn(4, device=device).expand(3, 4), torch.randn(2, 3, 4, device=device).transpose(0, 2)):
