@@ -402,6 +402,18 @@ extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t
 
 namespace {
 
+// A kernel's shared array, NaN-filled before each block so that a read of anything unwritten shows.
+template <typename T>
+unsigned char* gemm_smem() {
+  constexpr int kBytes = cuda_gemm::PolicyFor<T>::type::SMEM;
+  alignas(128) static unsigned char smem[kBytes];
+  for (size_t i = 0; i + sizeof(float) <= sizeof(smem); i += sizeof(float)) {
+    const float nan = NAN;
+    std::memcpy(smem + i, &nan, sizeof(float));
+  }
+  return smem;
+}
+
 // launch_gemm of linear_relu.cu: sms stands for the SM count that plans the split over K (0: none).
 template <typename T, int MODE>
 int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms) {
@@ -413,9 +425,32 @@ int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms) {
   if (tiles <= 0) return 0;
   const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
   gridDim.x = unsigned(grid);
-  for (int64_t b = 0; b < grid; ++b) run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g); });
+  for (int64_t b = 0; b < grid; ++b) {
+    unsigned char* smem = gemm_smem<T>();
+    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g, smem, blockIdx.x, gridDim.x); });
+  }
   if (work > 0)
     for (int64_t i = 0; i < g.M * g.N; ++i) cuda_gemm::splitk_reduce_body<T, MODE>(g, i);
+  return grid;
+}
+
+// launch_grads of linear_relu.cu: dX and dW (+ db) in one grid unless dX splits K. max_blocks caps each
+// part of the grid. Returns the blocks of the paired launch, or 0 where the products ran apart.
+template <typename T>
+int64_t grads(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms) {
+  using P = typename cuda_gemm::PolicyFor<T>::type;
+  if (sms > 0 && cuda_gemm::plan_split_k<T, 1>(dx, sms) > 0) {
+    gemm<T, 1>(dx, max_blocks, sms);
+    gemm<T, 2>(dw, max_blocks, sms);
+    return 0;
+  }
+  const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T>(dx), max_blocks);
+  const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T>(dw), max_blocks);
+  gridDim.x = unsigned(grid);
+  for (int64_t b = 0; b < grid; ++b) {
+    unsigned char* smem = gemm_smem<T>();
+    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::grads_body<T>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
+  }
   return grid;
 }
 
@@ -452,6 +487,33 @@ extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0
       return gemm_mode<Half16>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
     default:
       return gemm_mode<BFloat16Bits>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
+  }
+}
+
+// The backward's dX (c (M, K)) and dW + db (dw (N, K), db (N,); either may be null) as linear_relu.cu
+// launches them together (launch_grads), from g and o (M, N), w (N, K) and x (M, K). max_blocks caps
+// each product's part of the grid; sms as for emulated_gemm. Returns the blocks of the one launch of
+// both, or 0 where dX split K and the two ran as launches of their own.
+extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t gs1, const void* o, int64_t os0,
+                                  int64_t os1, const void* w, int64_t ws0, int64_t ws1, const void* x, int64_t xs0,
+                                  int64_t xs1, void* dx, void* dw, void* db, int64_t M, int64_t K, int64_t N,
+                                  int64_t max_blocks, int64_t sms) {
+  using namespace cuda_gemm;
+  const Mat mg{g, gs0, gs1}, mo{o, os0, os1}, mw{w, ws0, ws1}, mx{x, xs0, xs1};
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
+                    sms);
+  };
+  switch (dtype) {
+    case 0:
+      return run(float());
+    case 1:
+      return run(double());
+    case 2:
+      return run(Half16());
+    default:
+      return run(BFloat16Bits());
   }
 }
 

@@ -15,10 +15,12 @@ def compile_emulation(out, *flags):
 
 
 def load_library(out):
-    """The emulation as a ctypes library at `out`: emulated_launch (the fused step), emulated_gemm."""
+    """The emulation as a ctypes library at `out`: emulated_launch (the fused step), emulated_gemm,
+    emulated_grads."""
     done, cmd = compile_emulation(out, "-fPIC", "-shared")
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
     lib = ctypes.CDLL(str(out))
     lib.emulated_launch.restype = ctypes.c_int
     lib.emulated_gemm.restype = ctypes.c_int64
+    lib.emulated_grads.restype = ctypes.c_int64
     return lib

@@ -41,7 +41,8 @@ class EmulatedNative:
 
     def __init__(self, lib, max_blocks=None, sms=0):
         self.lib, self.max_blocks, self.sms = lib, max_blocks, sms
-        self.blocks = []  # blocks of every launch
+        self.blocks = []  # blocks of every launch of one product
+        self.paired = []  # blocks of every launch of dX and dW together (0: dX split K, and they ran apart)
 
     def linear_relu(self, x, weight, bias):
         x2 = as_matrix(x)
@@ -64,31 +65,44 @@ class EmulatedNative:
 
         dx, dw, db = result(output_mask[0], run_dx, (m, k)), result(output_mask[1], run_dw, (n, k)), \
             result(output_mask[2], run_db, (n,))
-        if run_dx:
+        dw_or_none, db_or_none = dw if run_dw else None, db if run_db else None
+        if run_dx and (run_dw or run_db):  # one launch of both, unless dX splits K
+            self.paired.append(self._launch(self.lib.emulated_grads, DTYPE_CODES[g.dtype], *_mat(g), *_mat(o),
+                                            *_mat(weight), *_mat(x2), _ptr(dx), _ptr(dw_or_none), _ptr(db_or_none),
+                                            *self._sizes(m, k, n)))
+        elif run_dx:
             self._gemm(1, g, o, weight, None, dx, None, m, k, n)
-        if run_dw or run_db:
-            self._gemm(2, g, o, x2, None, dw if run_dw else None, db if run_db else None, m, k, n)
+        elif run_dw or run_db:
+            self._gemm(2, g, o, x2, None, dw_or_none, db_or_none, m, k, n)
         return dx.view(x.shape) if output_mask[0] else dx, dw, db
 
+    def _sizes(self, m, k, n):
+        return ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(self.max_blocks or 2**62), \
+            ctypes.c_int64(self.sms)
+
     def _gemm(self, mode, a, o, b, bias, c, db, m, k, n):
-        def mat(t):
-            return (ctypes.c_void_p(t.data_ptr()), ctypes.c_int64(t.stride(0)), ctypes.c_int64(t.stride(1))) \
-                if t is not None else (ctypes.c_void_p(0), ctypes.c_int64(0), ctypes.c_int64(0))
+        self.blocks.append(self._launch(self.lib.emulated_gemm, DTYPE_CODES[a.dtype], mode, *_mat(a), *_mat(o), *_mat(b),
+                                        _ptr(bias), ctypes.c_int64(bias.stride(0) if bias is not None else 0), _ptr(c), _ptr(db),
+                                        *self._sizes(m, k, n)))
 
-        def ptr(t):
-            return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
-
-        cap = self.max_blocks or 2**62
-        args = (ctypes.c_int(DTYPE_CODES[a.dtype]), ctypes.c_int(mode), *mat(a), *mat(o), *mat(b), ptr(bias),
-                ctypes.c_int64(bias.stride(0) if bias is not None else 0), ptr(c), ptr(db),
-                ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(cap), ctypes.c_int64(self.sms))
+    @staticmethod
+    def _launch(fn, *args):
         result = []
-        worker = threading.Thread(target=lambda: result.append(self.lib.emulated_gemm(*args)), daemon=True)
+        worker = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
         worker.start()
         worker.join(LAUNCH_TIMEOUT_S)
         if worker.is_alive():
             pytest.fail(f"the emulated GEMM did not finish in {LAUNCH_TIMEOUT_S} s")
-        self.blocks.append(result[0])
+        return result[0]
+
+
+def _mat(t):
+    return (ctypes.c_void_p(t.data_ptr()), ctypes.c_int64(t.stride(0)), ctypes.c_int64(t.stride(1))) \
+        if t is not None else (ctypes.c_void_p(0), ctypes.c_int64(0), ctypes.c_int64(0))
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 
 @settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -163,5 +177,33 @@ def test_split_k(emulation, dtype):
             tile = 64 if dtype == torch.float64 else 128
             if max_blocks is None:  # the forward ran more blocks than it has output tiles: K was split
                 assert emulated.blocks[0] > math.ceil(m / tile) * math.ceil(n / tile), emulated.blocks
+        for a, c in zip(*runs):
+            assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
+def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype):
+    """dX and dW + db run in one grid, each product on its part (the seed's 64x1000->100 backward on a
+    132-SM GPU: 8 + 8 blocks; 2 + 2 where each part is capped at 2 blocks, with the same bits); where dX
+    splits K they run as launches of their own."""
+    tile = 64 if dtype == torch.float64 else 128
+    for m, k, n, sms, paired in [(64, 1000, 100, 132, True), (5, 130, 33 * 8 * 4, 16, False)]:
+        g = torch.Generator().manual_seed(m + k + n)
+        x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
+        w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)
+        b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+        go = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype)
+        runs = []
+        for max_blocks in (None, 2):
+            emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=sms)
+            out = emulated.linear_relu(x, w, b)
+            gm = torch.where(out.double() <= 0, 0.0, go.double())
+            grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
+            for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
+                assert_close_to_ref(got, want.to(dtype), dtype, f"{name} {m}x{k}x{n}, at most {max_blocks} blocks")
+            tiles = math.ceil(m / tile) * math.ceil(k / tile) + math.ceil(n / tile) * math.ceil(k / tile)
+            want_blocks = (tiles if max_blocks is None else 2 * max_blocks) if paired else 0
+            assert emulated.paired == [want_blocks], (emulated.paired, want_blocks)
+            runs.append(grads)
         for a, c in zip(*runs):
             assert torch.equal(a, c)

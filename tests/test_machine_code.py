@@ -27,6 +27,12 @@ def named(kernels, prefix):
     return found
 
 
+def simt_gemms(kernels):
+    """The portable SIMT GEMMs: one product per launch (gemm_kernel), or dX and dW in one (grads_kernel)."""
+    return [k for dtype in ("float", "double") for prefix in (f"gemm_kernel<{dtype},", f"grads_kernel<{dtype}>")
+            for k in named(kernels, prefix)]
+
+
 def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
     for k in named(sm90a, "sm90_gemm_kernel<"):
         assert k.ops["HGMMA"] > 0, f"{k.name}: no HGMMA (wgmma), so no Hopper tensor-core path"
@@ -73,8 +79,7 @@ def test_hopper_tf32_gemms_run_tf32_wgmma(sm90a):
 def test_no_local_memory_in_the_hopper_simt_and_fused_step_kernels(sm90a):
     """No spills: nothing in local memory, no LDL/STL (the ptxas report's '0 bytes spill' from the binary).
     The SIMT GEMMs fit since their tile loader keeps one offset per chunk instead of recomputing addresses."""
-    checked = named(sm90a, "sm90_") + named(sm90a, "fused_two_layer_kernel<") + named(sm90a, "gemm_kernel<float,") + \
-        named(sm90a, "gemm_kernel<double,")
+    checked = named(sm90a, "sm90_") + named(sm90a, "fused_two_layer_kernel<") + simt_gemms(sm90a)
     bad = [f"{k.name}: {k.stack} B stack, {k.local} B local, {k.local_traffic} LDL/STL" for k in checked
            if k.stack or k.local or k.local_traffic]
     assert not bad, bad
@@ -88,15 +93,16 @@ def test_no_kernel_spills_in_its_math_loops(sm90a):
 
 
 def test_float32_kernels_never_use_tf32_tensor_cores(sm90a):
-    """The portable float32 GEMM and the fused step are SIMT FFMA: IEEE float32, never TF32."""
-    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "fused_two_layer_kernel<float,"):
+    """The portable float32 GEMMs and the fused step are SIMT FFMA: IEEE float32, never TF32."""
+    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "grads_kernel<float>") + \
+            named(sm90a, "fused_two_layer_kernel<float,"):
         assert k.ops["FFMA"] > 0 and k.ops["HMMA"] == 0 and k.ops["HGMMA"] == 0, (k.name, k.ops)
 
 
 def test_simt_kernels_fit_two_blocks_per_sm(sm90a):
     """kMinBlocksPerSm: 128 registers or fewer for 256 threads, so two blocks share an SM (the
     k-loop spill check above keeps that from costing spills where it matters)."""
-    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "gemm_kernel<double,"):
+    for k in simt_gemms(sm90a):
         assert k.regs <= 128, f"{k.name}: {k.regs} registers"
 
 
@@ -136,7 +142,8 @@ def test_loop_trip_follows_the_vector_path_of_the_busiest_loop():
 
 
 def test_half_precision_kernels_use_tensor_cores(sm90a):
-    for k in named(sm90a, "gemm_kernel<Half,") + named(sm90a, "gemm_kernel<BFloat16,"):
+    for k in named(sm90a, "gemm_kernel<Half,") + named(sm90a, "gemm_kernel<BFloat16,") + \
+            named(sm90a, "grads_kernel<Half>") + named(sm90a, "grads_kernel<BFloat16>"):
         assert k.ops["HMMA"] > 0, f"{k.name}: no HMMA, so WMMA did not reach the tensor cores"
 
 

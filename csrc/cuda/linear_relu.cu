@@ -12,6 +12,7 @@
 // every masked G element of their rows, and each sums its own rows in a fixed order; no atomics.
 // Forward and dX outputs of too few tiles to fill the GPU split K (plan_split_k): each slice writes
 // its partial product to a workspace, and splitk_reduce_kernel sums them in order, then the epilogue.
+// Otherwise the backward runs dX and dW in one launch (grads_kernel), side by side.
 // float32 / float64 run a SIMT path (FMA, never TF32); float16 / bfloat16 run WMMA tensor cores
 // (16x16x16, float accumulators) with the epilogue staged through shared memory.
 // The operands, the tile loader, both policies and the kernel body are plain C++ in linear_relu_gemm.h
@@ -85,7 +86,16 @@ constexpr int kMinBlocksPerSm = std::is_same_v<T, float> || std::is_same_v<T, do
 
 template <typename T, int MODE>
 __global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) gemm_kernel(const GemmArgs g) {
-  gemm_body<T, MODE>(g);
+  __shared__ __align__(128) unsigned char smem[PolicyFor<T>::type::SMEM];
+  gemm_body<T, MODE>(g, smem, blockIdx.x, gridDim.x);
+}
+
+// The backward's dX and dW (with db) in one grid (grads_body): dx_blocks blocks for dX, the rest for dW.
+template <typename T>
+__global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) grads_kernel(const GemmArgs dx, const GemmArgs dw,
+                                                                       unsigned dx_blocks) {
+  __shared__ __align__(128) unsigned char smem[PolicyFor<T>::type::SMEM];
+  grads_body<T>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x);
 }
 
 template <typename T, int MODE>
@@ -116,14 +126,18 @@ using namespace cuda_gemm;
 
 Mat mat(const at::Tensor& t) { return {t.const_data_ptr(), t.stride(0), t.stride(1)}; }
 
+int sm_count(const at::Tensor& like) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.get_device()));
+  return sms;
+}
+
 // One product on like's device; small outputs over a long K split K (plan_split_k), through a workspace.
 template <typename T, int MODE>
 void launch_gemm(GemmArgs g, const at::Tensor& like) {
   using P = typename PolicyFor<T>::type;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.get_device()));
-  const int64_t work = plan_split_k<T, MODE>(g, sms);
+  const int64_t work = plan_split_k<T, MODE>(g, sm_count(like));
   at::Tensor workspace;
   if (work > 0) {
     workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
@@ -140,6 +154,24 @@ void launch_gemm(GemmArgs g, const at::Tensor& like) {
     splitk_reduce_kernel<T, MODE><<<blocks, 256, 0, stream>>>(g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+// The backward's dX and dW (with db): one launch of both (grads_kernel) unless dX splits K, whose
+// reduce pass must follow it; then one launch each.
+template <typename T>
+void launch_grads(GemmArgs dx, GemmArgs dw, const at::Tensor& like) {
+  using P = typename PolicyFor<T>::type;
+  if (plan_split_k<T, 1>(dx, sm_count(like)) > 0) {
+    launch_gemm<T, 1>(dx, like);
+    launch_gemm<T, 2>(dw, like);
+    return;
+  }
+  // Each part's blocks walk its work items (grads_body), so capping a part's blocks only lengthens its walk.
+  const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T>(dx), INT_MAX / 2);
+  const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T>(dw), INT_MAX / 2);
+  grads_kernel<T><<<unsigned(dx_blocks + dw_blocks), P::NT, 0, c10::cuda::getCurrentCUDAStream()>>>(dx, dw,
+                                                                                                   unsigned(dx_blocks));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor& dst) {
@@ -216,11 +248,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_backward_cuda(const a
   if (!done_sm90 && (run_dx || run_dw || run_db)) {
     const at::Tensor g = as_matrix(grad_out), o = as_matrix(out);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_backward_cuda", [&] {
-      if (run_dx) launch_gemm<scalar_t, 1>(grad_x_args<scalar_t>(mat(g), mat(o), mat(weight), grad_x.data_ptr(), M, N, K), x);
-      if (run_dw || run_db) {  // without dW, c stays nullptr: a db-only pass
-        launch_gemm<scalar_t, 2>(grad_w_args<scalar_t>(mat(g), mat(o), mat(x2), run_dw ? grad_w.data_ptr() : nullptr,
-                                                       run_db ? grad_b.data_ptr() : nullptr, M, N, K),
-                                 x);
+      const GemmArgs dx = grad_x_args<scalar_t>(mat(g), mat(o), mat(weight), grad_x.data_ptr(), M, N, K);
+      // Without dW, c stays nullptr: a db-only pass.
+      const GemmArgs dw = grad_w_args<scalar_t>(mat(g), mat(o), mat(x2), run_dw ? grad_w.data_ptr() : nullptr,
+                                                run_db ? grad_b.data_ptr() : nullptr, M, N, K);
+      if (run_dx && (run_dw || run_db)) {
+        launch_grads<scalar_t>(dx, dw, x);
+      } else if (run_dx) {
+        launch_gemm<scalar_t, 1>(dx, x);
+      } else {
+        launch_gemm<scalar_t, 2>(dw, x);
       }
     });
   }

@@ -435,12 +435,15 @@ struct PolicyFor<double> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The GEMM kernel. Each block walks work items t = blockIdx.x, + gridDim.x, ... (an output tile,
-// tm fastest, then the K slice), so no grid dimension can overflow. Main loop: the next K-tile is
-// fetched into registers while the current one is multiplied from shared memory; one barrier per K-tile.
+// The GEMM kernel's body, block `block` of `blocks` (the kernel passes blockIdx.x and gridDim.x; a
+// kernel that runs two products passes each its part of the grid). Each block walks work items
+// t = block, + blocks, ... (an output tile, tm fastest, then the K slice), so no grid dimension can
+// overflow. Main loop: the next K-tile is fetched into registers while the current one is multiplied
+// from shared memory; one barrier per K-tile. smem: the kernel's shared array of P::SMEM bytes,
+// 128-byte aligned (declared by the kernel, so that one kernel running two bodies has one).
 
 template <typename T, int MODE>
-__device__ __forceinline__ void gemm_body(const GemmArgs& g) {
+__device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem, int64_t block, int64_t blocks) {
   using P = typename PolicyFor<T>::type;
   using E = Elem<T>;
   using raw = typename E::raw;
@@ -450,7 +453,6 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
   static_assert(BM <= NT, "row sums need one thread per tile row");
   static_assert(NT == 256, "gemm_kernel's launch bounds");
 
-  __shared__ __align__(128) unsigned char smem[P::SMEM];
   raw* const As = reinterpret_cast<raw*>(smem);
   raw* const Bs = As + 2 * P::A_STAGE;
 
@@ -463,7 +465,7 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
   const int splits = ROWSUM ? 1 : g.splits;  // dW never splits (plan_split_k): no split code there
   const int64_t nk = (g.K + BK - 1) / BK, kper = splits > 1 ? g.kper : nk;
 
-  for (int64_t t = blockIdx.x; t < mt * nt * splits; t += gridDim.x) {
+  for (int64_t t = block; t < mt * nt * splits; t += blocks) {
     const int64_t tile = t % (mt * nt), m0 = (tile % mt) * BM, n0 = (tile / mt) * BN;
     const int64_t kt0 = (t / (mt * nt)) * kper, kt1 = kt0 + kper < nk ? kt0 + kper : nk;
     [[maybe_unused]] const bool do_sum = ROWSUM && g.db != nullptr && n0 == 0;
@@ -517,6 +519,20 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g) {
       if (do_sum && tid < BM && m0 + tid < g.M) static_cast<raw*>(g.db)[m0 + tid] = E::fromf(rs);
     }
     __syncthreads();  // the epilogue's staging and the next tile's prologue share the memory
+  }
+}
+
+// dX and dW (with db) of one backward in one grid: blocks [0, dx_blocks) run dX's work items, the
+// others dW's. For a dX that does not split K (the launches pair them only then): the two products
+// run side by side rather than one after the other, in one launch. The seed's backward is 8 tiles of
+// each on a GPU of 132 SMs. The branch is uniform per block, so each body's barriers stay whole.
+template <typename T>
+__device__ __forceinline__ void grads_body(const GemmArgs& dx, const GemmArgs& dw, unsigned char* smem, int64_t block,
+                                           int64_t dx_blocks, int64_t blocks) {
+  if (block < dx_blocks) {
+    gemm_body<T, 1>(dx, smem, block, dx_blocks);
+  } else {
+    gemm_body<T, 2>(dw, smem, block - dx_blocks, blocks - dx_blocks);
   }
 }
 
