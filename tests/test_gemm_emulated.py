@@ -201,9 +201,16 @@ def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype):
             grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
             for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
                 assert_close_to_ref(got, want.to(dtype), dtype, f"{name} {m}x{k}x{n}, at most {max_blocks} blocks")
-            tiles = math.ceil(m / tile) * math.ceil(k / tile) + math.ceil(n / tile) * math.ceil(k / tile)
-            want_blocks = (tiles if max_blocks is None else 2 * max_blocks) if paired else 0
-            assert emulated.paired == [want_blocks], (emulated.paired, want_blocks)
+            # dX with db alone: dW's part of the grid is a db-only pass, one block per row of tiles.
+            dx, _, db = emulated.linear_relu_backward(go, out, x, w, [True, False, True])
+            assert torch.equal(dx, grads[0]) and torch.equal(db, grads[2])
+
+            def part(tiles):  # a part's blocks: one per work item, or the cap
+                return min(tiles, max_blocks or tiles)
+
+            dx_blocks = part(math.ceil(m / tile) * math.ceil(k / tile))
+            want_blocks = [dx_blocks + part(math.ceil(n / tile) * math.ceil(k / tile)), dx_blocks + part(math.ceil(n / tile))]
+            assert emulated.paired == (want_blocks if paired else [0, 0]), (emulated.paired, want_blocks)
             runs.append(grads)
         for a, c in zip(*runs):
             assert torch.equal(a, c)
