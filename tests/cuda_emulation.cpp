@@ -414,13 +414,26 @@ unsigned char* gemm_smem() {
   return smem;
 }
 
-// launch_gemm of linear_relu.cu: sms stands for the SM count that plans the split over K (0: none).
+// plan_workspace of linear_relu.cu: g's split over K and its workspace (empty: no split). sms stands
+// for the SM count that plans the split (0: none), min_ktiles for TWOLAYER_OPS_SPLITK_MIN_KTILES.
 template <typename T, int MODE>
-int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms) {
-  using P = typename cuda_gemm::PolicyFor<T>::type;
-  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE>(g, sms) : 0;
+std::vector<typename cuda_gemm::Elem<T>::acc> plan_workspace(cuda_gemm::GemmArgs& g, int64_t sms, int64_t min_ktiles) {
+  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE>(g, sms, min_ktiles) : 0;
   std::vector<typename cuda_gemm::Elem<T>::acc> workspace(size_t(work), NAN);  // unwritten slots read as NaN
   g.work = workspace.data();
+  return workspace;
+}
+
+template <typename T, int MODE>
+void reduce(const cuda_gemm::GemmArgs& g) {
+  for (int64_t i = 0; i < g.M * g.N; ++i) cuda_gemm::splitk_reduce_body<T, MODE>(g, i);
+}
+
+// launch_gemm of linear_relu.cu.
+template <typename T, int MODE>
+int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
+  using P = typename cuda_gemm::PolicyFor<T>::type;
+  const auto workspace = plan_workspace<T, MODE>(g, sms, min_ktiles);
   const int64_t tiles = cuda_gemm::gemm_tiles<T>(g);
   if (tiles <= 0) return 0;
   const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
@@ -429,21 +442,16 @@ int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms) {
     unsigned char* smem = gemm_smem<T>();
     run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g, smem, blockIdx.x, gridDim.x); });
   }
-  if (work > 0)
-    for (int64_t i = 0; i < g.M * g.N; ++i) cuda_gemm::splitk_reduce_body<T, MODE>(g, i);
+  if (!workspace.empty()) reduce<T, MODE>(g);
   return grid;
 }
 
-// launch_grads of linear_relu.cu: dX and dW (+ db) in one grid unless dX splits K. max_blocks caps each
-// part of the grid. Returns the blocks of the paired launch, or 0 where the products ran apart.
+// launch_grads of linear_relu.cu: dX (its K slices, if split) and dW (+ db) in one grid, then dX's
+// reduce pass if split. max_blocks caps each part of the grid. Returns the grid's blocks.
 template <typename T>
-int64_t grads(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms) {
+int64_t grads(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
   using P = typename cuda_gemm::PolicyFor<T>::type;
-  if (sms > 0 && cuda_gemm::plan_split_k<T, 1>(dx, sms) > 0) {
-    gemm<T, 1>(dx, max_blocks, sms);
-    gemm<T, 2>(dw, max_blocks, sms);
-    return 0;
-  }
+  const auto workspace = plan_workspace<T, 1>(dx, sms, min_ktiles);
   const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T>(dx), max_blocks);
   const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T>(dw), max_blocks);
   gridDim.x = unsigned(grid);
@@ -451,16 +459,18 @@ int64_t grads(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks
     unsigned char* smem = gemm_smem<T>();
     run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::grads_body<T>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
   }
+  if (!workspace.empty()) reduce<T, 1>(dx);
   return grid;
 }
 
 template <typename T>
 int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b, const void* bias, int64_t bias_s,
-                  void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks, int64_t sms) {
+                  void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks, int64_t sms,
+                  int64_t min_ktiles) {
   using namespace cuda_gemm;
-  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms);
-  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms);
-  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms);
+  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms, min_ktiles);
+  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms, min_ktiles);
+  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles);
 }
 
 }  // namespace
@@ -472,38 +482,41 @@ int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b
 //   mode 1: c (M, K) = mask(a=g, o) @ b=w                    (dX)
 //   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
 // At most max_blocks blocks (each then walks several output tiles); sms > 0 plans a split over K as
-// the GPU with that many SMs would (0: never split). Returns the blocks run.
+// the GPU with that many SMs would (0: never split), each slice at least min_ktiles K-tiles deep
+// (TWOLAYER_OPS_SPLITK_MIN_KTILES). Returns the blocks run.
 extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
                                  int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
-                                 int64_t max_blocks, int64_t sms) {
+                                 int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
+  auto run = [&](auto zero) {
+    return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles);
+  };
   switch (dtype) {
     case 0:
-      return gemm_mode<float>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
+      return run(float());
     case 1:
-      return gemm_mode<double>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
+      return run(double());
     case 2:
-      return gemm_mode<Half16>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
+      return run(Half16());
     default:
-      return gemm_mode<BFloat16Bits>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms);
+      return run(BFloat16Bits());
   }
 }
 
 // The backward's dX (c (M, K)) and dW + db (dw (N, K), db (N,); either may be null) as linear_relu.cu
 // launches them together (launch_grads), from g and o (M, N), w (N, K) and x (M, K). max_blocks caps
-// each product's part of the grid; sms as for emulated_gemm. Returns the blocks of the one launch of
-// both, or 0 where dX split K and the two ran as launches of their own.
+// each product's part of the grid; sms and min_ktiles as for emulated_gemm. Returns the grid's blocks.
 extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t gs1, const void* o, int64_t os0,
                                   int64_t os1, const void* w, int64_t ws0, int64_t ws1, const void* x, int64_t xs0,
                                   int64_t xs1, void* dx, void* dw, void* db, int64_t M, int64_t K, int64_t N,
-                                  int64_t max_blocks, int64_t sms) {
+                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
   using namespace cuda_gemm;
   const Mat mg{g, gs0, gs1}, mo{o, os0, os1}, mw{w, ws0, ws1}, mx{x, xs0, xs1};
   auto run = [&](auto zero) {
     using T = decltype(zero);
     return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
-                    sms);
+                    sms, min_ktiles);
   };
   switch (dtype) {
     case 0:

@@ -37,12 +37,13 @@ class EmulatedNative:
     """linear_relu and linear_relu_backward as linear_relu.cu runs them (linear_relu_cuda,
     linear_relu_backward_cuda, without the Hopper path), on CPU tensors. max_blocks caps the grid so
     that each block walks several output tiles; None launches one block per tile, as the GPU does.
-    sms > 0 splits K as a GPU with that many SMs would (plan_split_k); 0 never splits."""
+    sms > 0 splits K as a GPU with that many SMs would (plan_split_k), each slice at least min_ktiles
+    K-tiles deep (TWOLAYER_OPS_SPLITK_MIN_KTILES); 0 never splits."""
 
-    def __init__(self, lib, max_blocks=None, sms=0):
-        self.lib, self.max_blocks, self.sms = lib, max_blocks, sms
+    def __init__(self, lib, max_blocks=None, sms=0, min_ktiles=8):
+        self.lib, self.max_blocks, self.sms, self.min_ktiles = lib, max_blocks, sms, min_ktiles
         self.blocks = []  # blocks of every launch of one product
-        self.paired = []  # blocks of every launch of dX and dW together (0: dX split K, and they ran apart)
+        self.paired = []  # blocks of every launch of dX and dW together
 
     def linear_relu(self, x, weight, bias):
         x2 = as_matrix(x)
@@ -66,7 +67,7 @@ class EmulatedNative:
         dx, dw, db = result(output_mask[0], run_dx, (m, k)), result(output_mask[1], run_dw, (n, k)), \
             result(output_mask[2], run_db, (n,))
         dw_or_none, db_or_none = dw if run_dw else None, db if run_db else None
-        if run_dx and (run_dw or run_db):  # one launch of both, unless dX splits K
+        if run_dx and (run_dw or run_db):  # one launch of both
             self.paired.append(self._launch(self.lib.emulated_grads, DTYPE_CODES[g.dtype], *_mat(g), *_mat(o),
                                             *_mat(weight), *_mat(x2), _ptr(dx), _ptr(dw_or_none), _ptr(db_or_none),
                                             *self._sizes(m, k, n)))
@@ -78,7 +79,7 @@ class EmulatedNative:
 
     def _sizes(self, m, k, n):
         return ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(self.max_blocks or 2**62), \
-            ctypes.c_int64(self.sms)
+            ctypes.c_int64(self.sms), ctypes.c_int64(self.min_ktiles)
 
     def _gemm(self, mode, a, o, b, bias, c, db, m, k, n):
         self.blocks.append(self._launch(self.lib.emulated_gemm, DTYPE_CODES[a.dtype], mode, *_mat(a), *_mat(o), *_mat(b),
@@ -106,12 +107,13 @@ def _ptr(t):
 
 
 @settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans(), sms=st.sampled_from([0, 2, 8]))
-def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms):
+@given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans(), sms=st.sampled_from([0, 2, 8]),
+       min_ktiles=st.sampled_from([2, 8]))
+def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms, min_ktiles):
     """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
     WMMA for float16 and bfloat16); half the examples on at most 2 blocks, so that each block walks
-    several output tiles; and K split as a GPU of 2 or 8 SMs would (where K spans 16 K-tiles or more)."""
-    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms))
+    several output tiles; and K split as a GPU of 2 or 8 SMs would, in slices of at least 2 or 8 K-tiles."""
+    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms, min_ktiles=min_ktiles))
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
@@ -183,34 +185,37 @@ def test_split_k(emulation, dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
 def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype):
-    """dX and dW + db run in one grid, each product on its part (the seed's 64x1000->100 backward on a
-    132-SM GPU: 8 + 8 blocks; 2 + 2 where each part is capped at 2 blocks, with the same bits); where dX
-    splits K they run as launches of their own."""
+    """dX and dW + db run in one grid, each product on its part: the seed's 64x1000->100 backward on a
+    132-SM GPU is 8 + 8 blocks; where dX splits K (slices of at least 2 K-tiles), its slices run in the
+    grid and its reduce pass after. The same bits with each part capped at 2 blocks."""
     tile = 64 if dtype == torch.float64 else 128
-    for m, k, n, sms, paired in [(64, 1000, 100, 132, True), (5, 130, 33 * 8 * 4, 16, False)]:
-        g = torch.Generator().manual_seed(m + k + n)
-        x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
-        w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)
-        b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
-        go = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype)
-        runs = []
-        for max_blocks in (None, 2):
-            emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=sms)
-            out = emulated.linear_relu(x, w, b)
-            gm = torch.where(out.double() <= 0, 0.0, go.double())
-            grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
-            for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
-                assert_close_to_ref(got, want.to(dtype), dtype, f"{name} {m}x{k}x{n}, at most {max_blocks} blocks")
-            # dX with db alone: dW's part of the grid is a db-only pass, one block per row of tiles.
-            dx, _, db = emulated.linear_relu_backward(go, out, x, w, [True, False, True])
-            assert torch.equal(dx, grads[0]) and torch.equal(db, grads[2])
-
-            def part(tiles):  # a part's blocks: one per work item, or the cap
-                return min(tiles, max_blocks or tiles)
-
-            dx_blocks = part(math.ceil(m / tile) * math.ceil(k / tile))
-            want_blocks = [dx_blocks + part(math.ceil(n / tile) * math.ceil(k / tile)), dx_blocks + part(math.ceil(n / tile))]
-            assert emulated.paired == (want_blocks if paired else [0, 0]), (emulated.paired, want_blocks)
-            runs.append(grads)
-        for a, c in zip(*runs):
-            assert torch.equal(a, c)
+    m, k, n = 64, 1000, 100
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)
+    b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    go = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype)
+    dx_tiles, dw_tiles, db_tiles = math.ceil(m / tile) * math.ceil(k / tile), math.ceil(n / tile) * math.ceil(k / tile), \
+        math.ceil(n / tile)
+    runs = []
+    for min_ktiles, max_blocks in [(8, None), (8, 2), (2, None), (2, 2)]:
+        emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=132, min_ktiles=min_ktiles)
+        out = emulated.linear_relu(x, w, b)
+        gm = torch.where(out.double() <= 0, 0.0, go.double())
+        grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])
+        for name, got, want in zip(("dx", "dw", "db"), grads, (gm @ w.double(), gm.t() @ x.double(), gm.sum(0))):
+            assert_close_to_ref(got, want.to(dtype), dtype, f"{name}, slices of {min_ktiles}+ K-tiles, {max_blocks} blocks")
+        # dX with db alone: dW's part of the grid is a db-only pass, one block per row of tiles.
+        dx, _, db = emulated.linear_relu_backward(go, out, x, w, [True, False, True])
+        assert torch.equal(dx, grads[0]) and torch.equal(db, grads[2])
+        if max_blocks:
+            assert emulated.paired == [4, 2 + min(db_tiles, 2)], emulated.paired
+        elif min_ktiles == 8:  # dX does not split: one block per output tile of each product
+            assert emulated.paired == [dx_tiles + dw_tiles, dx_tiles + db_tiles], emulated.paired
+        else:  # dX splits: more blocks than its output tiles
+            assert emulated.paired[0] - dw_tiles > dx_tiles and emulated.paired[1] - db_tiles > dx_tiles, emulated.paired
+        runs.append((min_ktiles, grads))
+    for (ka, a), (kc, c) in zip(runs, runs[1:]):
+        if ka == kc:  # capping the blocks changes no bit (slices are summed in order)
+            for ta, tc in zip(a, c):
+                assert torch.equal(ta, tc)

@@ -12,7 +12,7 @@
 // every masked G element of their rows, and each sums its own rows in a fixed order; no atomics.
 // Forward and dX outputs of too few tiles to fill the GPU split K (plan_split_k): each slice writes
 // its partial product to a workspace, and splitk_reduce_kernel sums them in order, then the epilogue.
-// Otherwise the backward runs dX and dW in one launch (grads_kernel), side by side.
+// The backward runs dX (its slices, if split) and dW in one launch (grads_kernel), side by side.
 // float32 / float64 run a SIMT path (FMA, never TF32); float16 / bfloat16 run WMMA tensor cores
 // (16x16x16, float accumulators) with the epilogue staged through shared memory.
 // The operands, the tile loader, both policies and the kernel body are plain C++ in linear_relu_gemm.h
@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "../linear_relu.h"
@@ -132,46 +133,64 @@ int sm_count(const at::Tensor& like) {
   return sms;
 }
 
+// K-tiles a split-K slice spans at least (plan_split_k): TWOLAYER_OPS_SPLITK_MIN_KTILES, 2 or more,
+// else kMinKTiles. A knob for the GPU runs to time deeper splits at the seed's sizes.
+int64_t split_min_ktiles() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("TWOLAYER_OPS_SPLITK_MIN_KTILES");
+    const int64_t n = s != nullptr ? std::strtoll(s, nullptr, 10) : 0;
+    return n >= 2 ? n : kMinKTiles;
+  }();
+  return v;
+}
+
+// Plans g's split over K (plan_split_k) and gives it its workspace: undefined where K is not split.
+template <typename T, int MODE>
+at::Tensor plan_workspace(GemmArgs& g, const at::Tensor& like) {
+  const int64_t work = plan_split_k<T, MODE>(g, sm_count(like), split_min_ktiles());
+  if (work <= 0) return {};
+  at::Tensor workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
+  g.work = workspace.data_ptr();
+  return workspace;  // freed when the caller returns: stream-ordered, so after the kernels that use it
+}
+
+// The reduce pass of a product that split K: the slices summed in order, then the epilogue.
+template <typename T, int MODE>
+void launch_reduce(const GemmArgs& g, cudaStream_t stream) {
+  const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(g.M * g.N, 256), 8192));
+  splitk_reduce_kernel<T, MODE><<<blocks, 256, 0, stream>>>(g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // One product on like's device; small outputs over a long K split K (plan_split_k), through a workspace.
 template <typename T, int MODE>
 void launch_gemm(GemmArgs g, const at::Tensor& like) {
   using P = typename PolicyFor<T>::type;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t work = plan_split_k<T, MODE>(g, sm_count(like));
-  at::Tensor workspace;
-  if (work > 0) {
-    workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
-    g.work = workspace.data_ptr();
-  }
+  const at::Tensor workspace = plan_workspace<T, MODE>(g, like);
   const int64_t tiles = gemm_tiles<T>(g);
   if (tiles <= 0) return;  // never launch an empty grid
   const unsigned grid = unsigned(std::min<int64_t>(tiles, INT_MAX));
   gemm_kernel<T, MODE><<<grid, P::NT, 0, stream>>>(g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if constexpr (MODE != 2) {  // dW never splits: its db row sums run inside its tiles
-    if (work <= 0) return;
-    const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(g.M * g.N, 256), 8192));
-    splitk_reduce_kernel<T, MODE><<<blocks, 256, 0, stream>>>(g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (workspace.defined()) launch_reduce<T, MODE>(g, stream);
   }
 }
 
-// The backward's dX and dW (with db): one launch of both (grads_kernel) unless dX splits K, whose
-// reduce pass must follow it; then one launch each.
+// The backward's dX and dW (with db) in one launch (grads_kernel); a dX that splits K has its slices
+// run there and its reduce pass after.
 template <typename T>
 void launch_grads(GemmArgs dx, GemmArgs dw, const at::Tensor& like) {
   using P = typename PolicyFor<T>::type;
-  if (plan_split_k<T, 1>(dx, sm_count(like)) > 0) {
-    launch_gemm<T, 1>(dx, like);
-    launch_gemm<T, 2>(dw, like);
-    return;
-  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor workspace = plan_workspace<T, 1>(dx, like);
   // Each part's blocks walk its work items (grads_body), so capping a part's blocks only lengthens its walk.
   const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T>(dx), INT_MAX / 2);
   const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T>(dw), INT_MAX / 2);
-  grads_kernel<T><<<unsigned(dx_blocks + dw_blocks), P::NT, 0, c10::cuda::getCurrentCUDAStream()>>>(dx, dw,
-                                                                                                   unsigned(dx_blocks));
+  grads_kernel<T><<<unsigned(dx_blocks + dw_blocks), P::NT, 0, stream>>>(dx, dw, unsigned(dx_blocks));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (workspace.defined()) launch_reduce<T, 1>(dx, stream);
 }
 
 void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor& dst) {

@@ -522,10 +522,11 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem
   }
 }
 
-// dX and dW (with db) of one backward in one grid: blocks [0, dx_blocks) run dX's work items, the
-// others dW's. For a dX that does not split K (the launches pair them only then): the two products
-// run side by side rather than one after the other, in one launch. The seed's backward is 8 tiles of
-// each on a GPU of 132 SMs. The branch is uniform per block, so each body's barriers stay whole.
+// dX and dW (with db) of one backward in one grid: blocks [0, dx_blocks) run dX's work items (its
+// output tiles, or its K slices where it splits K; their reduce pass follows), the others dW's. The
+// two products run side by side rather than one after the other, in one launch: the seed's backward
+// is 8 tiles of each on a GPU of 132 SMs. The branch is uniform per block, so each body's barriers
+// stay whole.
 template <typename T>
 __device__ __forceinline__ void grads_body(const GemmArgs& dx, const GemmArgs& dw, unsigned char* smem, int64_t block,
                                            int64_t dx_blocks, int64_t blocks) {
@@ -658,18 +659,19 @@ int64_t gemm_tiles(const GemmArgs& g) {
 
 // Splits K where the output tiles alone would leave SMs idle and K is long: the seed's forward,
 // 64x1000 -> 100, is one 128x128 tile whose block walked all 125 K-tiles while 131 SMs waited. Aims
-// at two blocks per SM, each slice at least kMinKTiles deep: the reduce pass costs a launch (a few
-// microseconds) and a read of every slice, about what a block spends on 8 K-tiles. Not for the dW
-// product, whose db row sums run inside its tiles. Sets g's split fields except work; returns the
-// workspace's size in acc elements (0: no split).
+// at two blocks per SM, each slice at least min_ktiles deep (kMinKTiles by default: the reduce pass
+// costs a launch, a few microseconds, and a read of every slice; on the 11-28 H200 run a lone block
+// took 1.22 us a K-tile, so fewer may pay). Not for the dW product, whose db row sums run inside its
+// tiles. Sets g's split fields except work; returns the workspace's size in acc elements (0: no split).
+constexpr int64_t kMinKTiles = 8;
+
 template <typename T, int MODE>
-int64_t plan_split_k(GemmArgs& g, int64_t sms) {
+int64_t plan_split_k(GemmArgs& g, int64_t sms, int64_t min_ktiles = kMinKTiles) {
   using P = typename PolicyFor<T>::type;
-  constexpr int64_t kMinKTiles = 8;
   g.splits = 1;
   if (MODE == 2 || g.c == nullptr || g.M <= 0 || g.N <= 0) return 0;
   const int64_t tiles = gemm_tiles<T>(g), nk = ceil_div(g.K, P::BK);
-  const int64_t want = std::min(2 * sms / std::max<int64_t>(tiles, 1), nk / kMinKTiles);
+  const int64_t want = std::min(2 * sms / std::max<int64_t>(tiles, 1), nk / std::max<int64_t>(min_ktiles, 2));
   if (tiles >= sms || want < 2) return 0;
   g.kper = ceil_div(ceil_div(nk, want), 2) * 2;  // even: each slice starts on shared-memory stage 0
   g.splits = int(ceil_div(nk, g.kper));            // no empty slice
