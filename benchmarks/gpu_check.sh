@@ -3,9 +3,10 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
-#          shapes and the seed's layers (again replayed from CUDA graphs, at two split depths), the
-#          same sm90 shapes under the GEMM variants that are off until timed (two-block clusters, the
-#          TMA-store epilogue) and their memcheck, then the `more` steps.
+#          shapes and the seed's layers, the same sm90 shapes under the GEMM variants that are off
+#          until timed (two-block clusters, the TMA-store epilogue) and their memcheck, the seed's
+#          layers replayed from CUDA graphs (and under the portable GEMMs' switches that are off until
+#          timed: deeper splits over K, float32's small-output tiles), then the `more` steps.
 #   more   (a second call on the same warm machine) what `all` reaches last, skipping the steps an
 #          earlier call on this machine finished with the same sources: the Hopper evidence, the
 #          Triton TMA backward's timing, the fused-step benchmark, memcheck of the default sm90 path,
@@ -104,18 +105,21 @@ variant_kernels() {  # a variant that fails (a trap, a wrong result) does not ke
   return $status
 }
 graph_kernels() {  # the seed's layers, every provider replayed from CUDA graphs (the GPU's time without the
-  # host's), at the default split over K and at slices of 2 K-tiles; the latter without graphs too (its
-  # extra reduce launch costs host time)
-  local kmin status=0
-  for kmin in 8 2; do
-    echo "== variant splitk_min_ktiles=$kmin, CUDA graphs"
-    TWOLAYER_OPS_SPLITK_MIN_KTILES=$kmin "$PY" -m benchmarks.linear_relu --device cuda --cases "$SEED_CASES" \
-      --cuda-graph --modes fwd,fwdbwd --providers native,triton,mm,addmm_act,compile --csv "$logs/kernels_graph_k$kmin.csv" \
-      || status=1
+  # host's); then native alone under the switches that are off until timed (slices of 2 K-tiles, float32's
+  # small-output tiles), with graphs and without (a split's reduce launch costs host time)
+  local status=0 spec graph
+  echo "== variant defaults (CUDA graphs)"
+  "$PY" -m benchmarks.linear_relu --device cuda --cases "$SEED_CASES" --cuda-graph --modes fwd,fwdbwd \
+    --providers native,triton,mm,addmm_act,compile --csv "$logs/kernels_graph.csv" || status=1
+  for spec in "2 0 splitk2" "8 1 small_tiles" "2 1 small_tiles_splitk2"; do
+    set -- $spec
+    for graph in --cuda-graph ""; do
+      echo "== variant $3${graph:+ (CUDA graphs)}: TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2"
+      TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2 "$PY" -m benchmarks.linear_relu --device cuda \
+        --cases "$SEED_CASES" $graph --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$3${graph:+_graph}.csv" \
+        || status=1
+    done
   done
-  echo "== variant splitk_min_ktiles=2, no graphs"
-  TWOLAYER_OPS_SPLITK_MIN_KTILES=2 "$PY" -m benchmarks.linear_relu --device cuda --cases "$SEED_CASES" \
-    --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_k2.csv" || status=1
   return $status
 }
 export -f variant_kernels graph_kernels
@@ -161,10 +165,10 @@ case $stage in
     # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
     step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
       --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
-    step kernels_graph 90 bash -c graph_kernels
     step kernels_variants 150 bash -c variant_kernels
     step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
       compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
+    step kernels_graph 120 bash -c graph_kernels
     more_steps
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log" 2>/dev/null; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <pthread.h>
@@ -403,9 +404,9 @@ extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t
 namespace {
 
 // A kernel's shared array, NaN-filled before each block so that a read of anything unwritten shows.
-template <typename T>
+template <typename T, bool SMALL>
 unsigned char* gemm_smem() {
-  constexpr int kBytes = cuda_gemm::PolicyFor<T>::type::SMEM;
+  constexpr int kBytes = cuda_gemm::Policy<T, SMALL>::SMEM;
   alignas(128) static unsigned char smem[kBytes];
   for (size_t i = 0; i + sizeof(float) <= sizeof(smem); i += sizeof(float)) {
     const float nan = NAN;
@@ -416,9 +417,9 @@ unsigned char* gemm_smem() {
 
 // plan_workspace of linear_relu.cu: g's split over K and its workspace (empty: no split). sms stands
 // for the SM count that plans the split (0: none), min_ktiles for TWOLAYER_OPS_SPLITK_MIN_KTILES.
-template <typename T, int MODE>
+template <typename T, int MODE, bool SMALL>
 std::vector<typename cuda_gemm::Elem<T>::acc> plan_workspace(cuda_gemm::GemmArgs& g, int64_t sms, int64_t min_ktiles) {
-  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE>(g, sms, min_ktiles) : 0;
+  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE, SMALL>(g, sms, min_ktiles) : 0;
   std::vector<typename cuda_gemm::Elem<T>::acc> workspace(size_t(work), NAN);  // unwritten slots read as NaN
   g.work = workspace.data();
   return workspace;
@@ -429,48 +430,68 @@ void reduce(const cuda_gemm::GemmArgs& g) {
   for (int64_t i = 0; i < g.M * g.N; ++i) cuda_gemm::splitk_reduce_body<T, MODE>(g, i);
 }
 
-// launch_gemm of linear_relu.cu.
-template <typename T, int MODE>
-int64_t gemm(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
-  using P = typename cuda_gemm::PolicyFor<T>::type;
-  const auto workspace = plan_workspace<T, MODE>(g, sms, min_ktiles);
-  const int64_t tiles = cuda_gemm::gemm_tiles<T>(g);
+// launch_gemm_tiles of linear_relu.cu.
+template <typename T, int MODE, bool SMALL>
+int64_t run_gemm_tiles(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
+  using P = cuda_gemm::Policy<T, SMALL>;
+  const auto workspace = plan_workspace<T, MODE, SMALL>(g, sms, min_ktiles);
+  const int64_t tiles = cuda_gemm::gemm_tiles<T, SMALL>(g);
   if (tiles <= 0) return 0;
   const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
   gridDim.x = unsigned(grid);
   for (int64_t b = 0; b < grid; ++b) {
-    unsigned char* smem = gemm_smem<T>();
-    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE>(g, smem, blockIdx.x, gridDim.x); });
+    unsigned char* smem = gemm_smem<T, SMALL>();
+    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE, SMALL>(g, smem, blockIdx.x, gridDim.x); });
   }
   if (!workspace.empty()) reduce<T, MODE>(g);
   return grid;
 }
 
-// launch_grads of linear_relu.cu: dX (its K slices, if split) and dW (+ db) in one grid, then dX's
-// reduce pass if split. max_blocks caps each part of the grid. Returns the grid's blocks.
-template <typename T>
-int64_t grads(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
-  using P = typename cuda_gemm::PolicyFor<T>::type;
-  const auto workspace = plan_workspace<T, 1>(dx, sms, min_ktiles);
-  const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T>(dx), max_blocks);
-  const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T>(dw), max_blocks);
+// launch_gemm: small (float32 only) takes the small-output tiles, whatever the size.
+template <typename T, int MODE>
+int64_t gemm(const cuda_gemm::GemmArgs& g, int64_t max_blocks, int64_t sms, int64_t min_ktiles, bool small) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (small) return run_gemm_tiles<T, MODE, true>(g, max_blocks, sms, min_ktiles);
+  }
+  return run_gemm_tiles<T, MODE, false>(g, max_blocks, sms, min_ktiles);
+}
+
+// launch_grads_tiles of linear_relu.cu: dX (its K slices, if split) and dW (+ db) in one grid, then
+// dX's reduce pass if split. max_blocks caps each part of the grid. Returns the grid's blocks.
+template <typename T, bool SMALL>
+int64_t run_grads_tiles(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms,
+                    int64_t min_ktiles) {
+  using P = cuda_gemm::Policy<T, SMALL>;
+  const auto workspace = plan_workspace<T, 1, SMALL>(dx, sms, min_ktiles);
+  const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T, SMALL>(dx), max_blocks);
+  const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T, SMALL>(dw), max_blocks);
   gridDim.x = unsigned(grid);
   for (int64_t b = 0; b < grid; ++b) {
-    unsigned char* smem = gemm_smem<T>();
-    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::grads_body<T>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
+    unsigned char* smem = gemm_smem<T, SMALL>();
+    run_blocks(b, b + 1, P::NT,
+               [&] { cuda_gemm::grads_body<T, SMALL>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
   }
   if (!workspace.empty()) reduce<T, 1>(dx);
   return grid;
 }
 
 template <typename T>
+int64_t grads(const cuda_gemm::GemmArgs& dx, const cuda_gemm::GemmArgs& dw, int64_t max_blocks, int64_t sms,
+              int64_t min_ktiles, bool small) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (small) return run_grads_tiles<T, true>(dx, dw, max_blocks, sms, min_ktiles);
+  }
+  return run_grads_tiles<T, false>(dx, dw, max_blocks, sms, min_ktiles);
+}
+
+template <typename T>
 int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b, const void* bias, int64_t bias_s,
                   void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks, int64_t sms,
-                  int64_t min_ktiles) {
+                  int64_t min_ktiles, bool small) {
   using namespace cuda_gemm;
-  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms, min_ktiles);
-  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms, min_ktiles);
-  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles);
+  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms, min_ktiles, small);
+  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms, min_ktiles, small);
+  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles, small);
 }
 
 }  // namespace
@@ -483,14 +504,16 @@ int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b
 //   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
 // At most max_blocks blocks (each then walks several output tiles); sms > 0 plans a split over K as
 // the GPU with that many SMs would (0: never split), each slice at least min_ktiles K-tiles deep
-// (TWOLAYER_OPS_SPLITK_MIN_KTILES). Returns the blocks run.
+// (TWOLAYER_OPS_SPLITK_MIN_KTILES); small != 0 runs float32 in the small-output tiles
+// (TWOLAYER_OPS_SIMT_SMALL_TILES), whatever the size. Returns the blocks run.
 extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
                                  int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
-                                 int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
+                                 int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t small) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
   auto run = [&](auto zero) {
-    return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles);
+    return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles,
+                                     small != 0);
   };
   switch (dtype) {
     case 0:
@@ -506,17 +529,17 @@ extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0
 
 // The backward's dX (c (M, K)) and dW + db (dw (N, K), db (N,); either may be null) as linear_relu.cu
 // launches them together (launch_grads), from g and o (M, N), w (N, K) and x (M, K). max_blocks caps
-// each product's part of the grid; sms and min_ktiles as for emulated_gemm. Returns the grid's blocks.
+// each product's part of the grid; sms, min_ktiles and small as for emulated_gemm. Returns the grid's blocks.
 extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t gs1, const void* o, int64_t os0,
                                   int64_t os1, const void* w, int64_t ws0, int64_t ws1, const void* x, int64_t xs0,
                                   int64_t xs1, void* dx, void* dw, void* db, int64_t M, int64_t K, int64_t N,
-                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
+                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t small) {
   using namespace cuda_gemm;
   const Mat mg{g, gs0, gs1}, mo{o, os0, os1}, mw{w, ws0, ws1}, mx{x, xs0, xs1};
   auto run = [&](auto zero) {
     using T = decltype(zero);
     return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
-                    sms, min_ktiles);
+                    sms, min_ktiles, small != 0);
   };
   switch (dtype) {
     case 0:

@@ -25,6 +25,9 @@ from .test_properties import check, problems
 
 LAUNCH_TIMEOUT_S = 120
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}  # emulated_gemm's
+# Each dtype in its tiles, and float32 in the small-output ones too.
+TILE_CASES = [(dtype, False) for dtype in DTYPE_CODES] + [(torch.float32, True)]
+TILE_IDS = [f"{dtype}{'-small' if small else ''}" for dtype, small in TILE_CASES]
 SIZES = st.one_of(st.integers(0, 20), st.integers(21, 70), st.integers(71, 200))
 
 
@@ -38,10 +41,12 @@ class EmulatedNative:
     linear_relu_backward_cuda, without the Hopper path), on CPU tensors. max_blocks caps the grid so
     that each block walks several output tiles; None launches one block per tile, as the GPU does.
     sms > 0 splits K as a GPU with that many SMs would (plan_split_k), each slice at least min_ktiles
-    K-tiles deep (TWOLAYER_OPS_SPLITK_MIN_KTILES); 0 never splits."""
+    K-tiles deep (TWOLAYER_OPS_SPLITK_MIN_KTILES); 0 never splits. small_tiles runs float32 in the
+    small-output tiles (64x64x16; TWOLAYER_OPS_SIMT_SMALL_TILES), whatever the size."""
 
-    def __init__(self, lib, max_blocks=None, sms=0, min_ktiles=8):
+    def __init__(self, lib, max_blocks=None, sms=0, min_ktiles=8, small_tiles=False):
         self.lib, self.max_blocks, self.sms, self.min_ktiles = lib, max_blocks, sms, min_ktiles
+        self.small_tiles = small_tiles
         self.blocks = []  # blocks of every launch of one product
         self.paired = []  # blocks of every launch of dX and dW together
 
@@ -79,7 +84,7 @@ class EmulatedNative:
 
     def _sizes(self, m, k, n):
         return ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(self.max_blocks or 2**62), \
-            ctypes.c_int64(self.sms), ctypes.c_int64(self.min_ktiles)
+            ctypes.c_int64(self.sms), ctypes.c_int64(self.min_ktiles), ctypes.c_int64(int(self.small_tiles))
 
     def _gemm(self, mode, a, o, b, bias, c, db, m, k, n):
         self.blocks.append(self._launch(self.lib.emulated_gemm, DTYPE_CODES[a.dtype], mode, *_mat(a), *_mat(o), *_mat(b),
@@ -108,21 +113,23 @@ def _ptr(t):
 
 @settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans(), sms=st.sampled_from([0, 2, 8]),
-       min_ktiles=st.sampled_from([2, 8]))
-def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms, min_ktiles):
+       min_ktiles=st.sampled_from([2, 8]), small_tiles=st.booleans())
+def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms, min_ktiles, small_tiles):
     """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
-    WMMA for float16 and bfloat16); half the examples on at most 2 blocks, so that each block walks
-    several output tiles; and K split as a GPU of 2 or 8 SMs would, in slices of at least 2 or 8 K-tiles."""
-    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms, min_ktiles=min_ktiles))
+    WMMA for float16 and bfloat16; float32 in either tile size); half the examples on at most 2 blocks,
+    so that each block walks several output tiles; and K split as a GPU of 2 or 8 SMs would, in slices
+    of at least 2 or 8 K-tiles."""
+    check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms, min_ktiles=min_ktiles,
+                                         small_tiles=small_tiles))
 
 
-@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
-def test_tile_edges_and_vector_loads(emulation, dtype):
+@pytest.mark.parametrize("dtype,small_tiles", TILE_CASES, ids=TILE_IDS)
+def test_tile_edges_and_vector_loads(emulation, dtype, small_tiles):
     """Sizes one below, at and one above the tiles (128x128 for float32 and the 16-bit types, 64x64
-    for float64), contiguous (16-byte vector loads) and at an odd storage offset (scalar loads),
-    every gradient."""
-    tile = 64 if dtype == torch.float64 else 128
-    emulated = EmulatedNative(emulation)
+    for float64 and float32's small tiles), contiguous (16-byte vector loads) and at an odd storage
+    offset (scalar loads), every gradient."""
+    tile = 64 if dtype == torch.float64 or small_tiles else 128
+    emulated = EmulatedNative(emulation, small_tiles=small_tiles)
     for m, k, n in [(tile - 1, 9, tile + 1), (tile, 32, tile), (tile + 1, 33, 2 * tile - 1)]:
         g = torch.Generator().manual_seed(m + k + n)
         for offset in (0, 1):
@@ -183,12 +190,12 @@ def test_split_k(emulation, dtype):
             assert torch.equal(a, c)
 
 
-@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
-def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype):
+@pytest.mark.parametrize("dtype,small_tiles", TILE_CASES, ids=TILE_IDS)
+def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype, small_tiles):
     """dX and dW + db run in one grid, each product on its part: the seed's 64x1000->100 backward on a
-    132-SM GPU is 8 + 8 blocks; where dX splits K (slices of at least 2 K-tiles), its slices run in the
-    grid and its reduce pass after. The same bits with each part capped at 2 blocks."""
-    tile = 64 if dtype == torch.float64 else 128
+    132-SM GPU is 8 + 8 blocks (128x128 tiles); where dX splits K (slices of at least 2 K-tiles), its
+    slices run in the grid and its reduce pass after. The same bits with each part capped at 2 blocks."""
+    tile = 64 if dtype == torch.float64 or small_tiles else 128
     m, k, n = 64, 1000, 100
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
@@ -199,7 +206,7 @@ def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype):
         math.ceil(n / tile)
     runs = []
     for min_ktiles, max_blocks in [(8, None), (8, 2), (2, None), (2, 2)]:
-        emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=132, min_ktiles=min_ktiles)
+        emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=132, min_ktiles=min_ktiles, small_tiles=small_tiles)
         out = emulated.linear_relu(x, w, b)
         gm = torch.where(out.double() <= 0, 0.0, go.double())
         grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])

@@ -29,7 +29,7 @@ def named(kernels, prefix):
 
 def simt_gemms(kernels):
     """The portable SIMT GEMMs: one product per launch (gemm_kernel), or dX and dW in one (grads_kernel)."""
-    return [k for dtype in ("float", "double") for prefix in (f"gemm_kernel<{dtype},", f"grads_kernel<{dtype}>")
+    return [k for dtype in ("float", "double") for prefix in (f"gemm_kernel<{dtype},", f"grads_kernel<{dtype},")
             for k in named(kernels, prefix)]
 
 
@@ -94,7 +94,7 @@ def test_no_kernel_spills_in_its_math_loops(sm90a):
 
 def test_float32_kernels_never_use_tf32_tensor_cores(sm90a):
     """The portable float32 GEMMs and the fused step are SIMT FFMA: IEEE float32, never TF32."""
-    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "grads_kernel<float>") + \
+    for k in named(sm90a, "gemm_kernel<float,") + named(sm90a, "grads_kernel<float,") + \
             named(sm90a, "fused_two_layer_kernel<float,"):
         assert k.ops["FFMA"] > 0 and k.ops["HMMA"] == 0 and k.ops["HGMMA"] == 0, (k.name, k.ops)
 
@@ -111,7 +111,7 @@ def test_simt_float32_forward_k_loop_is_mostly_ffma(sm90a):
     product (64 FFMA) from 4 vector shared-memory reads each, the next K-tile's vector loads and
     transposing stores, one barrier; at least 80% of its issue slots FFMA (82.7% since 2026-11-28,
     81.3% before: the tile loader's offsets and K-tile test moved out of the loop)."""
-    (k,) = named(sm90a, "gemm_kernel<float, 0>")
+    (k,) = named(sm90a, "gemm_kernel<float, 0, false>")
     trip = k.loop_trip()
     assert (trip["FFMA"], trip["LDS"], trip["BAR"]) == (512, 32, 1), trip
     assert trip["FFMA"] >= 0.8 * sum(trip.values()), f"{trip['FFMA']} FFMA of {sum(trip.values())}: {trip}"
@@ -143,7 +143,7 @@ def test_loop_trip_follows_the_vector_path_of_the_busiest_loop():
 
 def test_half_precision_kernels_use_tensor_cores(sm90a):
     for k in named(sm90a, "gemm_kernel<Half,") + named(sm90a, "gemm_kernel<BFloat16,") + \
-            named(sm90a, "grads_kernel<Half>") + named(sm90a, "grads_kernel<BFloat16>"):
+            named(sm90a, "grads_kernel<Half,") + named(sm90a, "grads_kernel<BFloat16,"):
         assert k.ops["HMMA"] > 0, f"{k.name}: no HMMA, so WMMA did not reach the tensor cores"
 
 

@@ -34,6 +34,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "../linear_relu.h"
@@ -85,18 +86,18 @@ struct PolicyFor<c10::BFloat16> {
 template <typename T>
 constexpr int kMinBlocksPerSm = std::is_same_v<T, float> || std::is_same_v<T, double> ? 2 : 1;
 
-template <typename T, int MODE>
+template <typename T, int MODE, bool SMALL>
 __global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) gemm_kernel(const GemmArgs g) {
-  __shared__ __align__(128) unsigned char smem[PolicyFor<T>::type::SMEM];
-  gemm_body<T, MODE>(g, smem, blockIdx.x, gridDim.x);
+  __shared__ __align__(128) unsigned char smem[Policy<T, SMALL>::SMEM];
+  gemm_body<T, MODE, SMALL>(g, smem, blockIdx.x, gridDim.x);
 }
 
 // The backward's dX and dW (with db) in one grid (grads_body): dx_blocks blocks for dX, the rest for dW.
-template <typename T>
+template <typename T, bool SMALL>
 __global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) grads_kernel(const GemmArgs dx, const GemmArgs dw,
                                                                        unsigned dx_blocks) {
-  __shared__ __align__(128) unsigned char smem[PolicyFor<T>::type::SMEM];
-  grads_body<T>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x);
+  __shared__ __align__(128) unsigned char smem[Policy<T, SMALL>::SMEM];
+  grads_body<T, SMALL>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x);
 }
 
 template <typename T, int MODE>
@@ -144,10 +145,25 @@ int64_t split_min_ktiles() {
   return v;
 }
 
+// Whether float32 products take the small-output tiles where they fit (use_small_tiles):
+// TWOLAYER_OPS_SIMT_SMALL_TILES=1. Off until a GPU run times them.
+bool small_tiles_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SIMT_SMALL_TILES");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+
+template <typename T>
+bool small_tiles(const GemmArgs& g, const at::Tensor& like) {
+  return std::is_same_v<T, float> && small_tiles_on() && use_small_tiles<T>(g, sm_count(like));
+}
+
 // Plans g's split over K (plan_split_k) and gives it its workspace: undefined where K is not split.
-template <typename T, int MODE>
+template <typename T, int MODE, bool SMALL>
 at::Tensor plan_workspace(GemmArgs& g, const at::Tensor& like) {
-  const int64_t work = plan_split_k<T, MODE>(g, sm_count(like), split_min_ktiles());
+  const int64_t work = plan_split_k<T, MODE, SMALL>(g, sm_count(like), split_min_ktiles());
   if (work <= 0) return {};
   at::Tensor workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
   g.work = workspace.data_ptr();
@@ -162,35 +178,51 @@ void launch_reduce(const GemmArgs& g, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One product on like's device; small outputs over a long K split K (plan_split_k), through a workspace.
-template <typename T, int MODE>
-void launch_gemm(GemmArgs g, const at::Tensor& like) {
-  using P = typename PolicyFor<T>::type;
+// One product on like's device, in SMALL's tiles; small outputs over a long K split K (plan_split_k),
+// through a workspace.
+template <typename T, int MODE, bool SMALL>
+void launch_gemm_tiles(GemmArgs g, const at::Tensor& like) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor workspace = plan_workspace<T, MODE>(g, like);
-  const int64_t tiles = gemm_tiles<T>(g);
+  const at::Tensor workspace = plan_workspace<T, MODE, SMALL>(g, like);
+  const int64_t tiles = gemm_tiles<T, SMALL>(g);
   if (tiles <= 0) return;  // never launch an empty grid
   const unsigned grid = unsigned(std::min<int64_t>(tiles, INT_MAX));
-  gemm_kernel<T, MODE><<<grid, P::NT, 0, stream>>>(g);
+  gemm_kernel<T, MODE, SMALL><<<grid, Policy<T, SMALL>::NT, 0, stream>>>(g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if constexpr (MODE != 2) {  // dW never splits: its db row sums run inside its tiles
     if (workspace.defined()) launch_reduce<T, MODE>(g, stream);
   }
 }
 
-// The backward's dX and dW (with db) in one launch (grads_kernel); a dX that splits K has its slices
-// run there and its reduce pass after.
-template <typename T>
-void launch_grads(GemmArgs dx, GemmArgs dw, const at::Tensor& like) {
-  using P = typename PolicyFor<T>::type;
+template <typename T, int MODE>
+void launch_gemm(const GemmArgs& g, const at::Tensor& like) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (small_tiles<T>(g, like)) return launch_gemm_tiles<T, MODE, true>(g, like);
+  }
+  launch_gemm_tiles<T, MODE, false>(g, like);
+}
+
+// The backward's dX and dW (with db) in one launch (grads_kernel), in SMALL's tiles; a dX that splits
+// K has its slices run there and its reduce pass after.
+template <typename T, bool SMALL>
+void launch_grads_tiles(GemmArgs dx, GemmArgs dw, const at::Tensor& like) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor workspace = plan_workspace<T, 1>(dx, like);
+  const at::Tensor workspace = plan_workspace<T, 1, SMALL>(dx, like);
   // Each part's blocks walk its work items (grads_body), so capping a part's blocks only lengthens its walk.
-  const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T>(dx), INT_MAX / 2);
-  const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T>(dw), INT_MAX / 2);
-  grads_kernel<T><<<unsigned(dx_blocks + dw_blocks), P::NT, 0, stream>>>(dx, dw, unsigned(dx_blocks));
+  const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T, SMALL>(dx), INT_MAX / 2);
+  const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T, SMALL>(dw), INT_MAX / 2);
+  grads_kernel<T, SMALL><<<unsigned(dx_blocks + dw_blocks), Policy<T, SMALL>::NT, 0, stream>>>(dx, dw,
+                                                                                             unsigned(dx_blocks));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (workspace.defined()) launch_reduce<T, 1>(dx, stream);
+}
+
+template <typename T>
+void launch_grads(const GemmArgs& dx, const GemmArgs& dw, const at::Tensor& like) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (small_tiles<T>(dx, like) && small_tiles<T>(dw, like)) return launch_grads_tiles<T, true>(dx, dw, like);
+  }
+  launch_grads_tiles<T, false>(dx, dw, like);
 }
 
 void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor& dst) {

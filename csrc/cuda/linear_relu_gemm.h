@@ -215,17 +215,17 @@ __device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, con
 // shared-memory reads are conflict-free 16-byte vectors. Each warp is 4 x 8 of those threads
 // (CUTLASS's SIMT lane layout): a k step's A reads then touch 4 and its B reads 8 distinct vectors,
 // one shared-memory wavefront each, where a 2 x 16 warp needs one for A and two for B.
-// float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread. Shared tiles
-// As[k][m], Bs[k][n], double-buffered.
+// float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread; float's small-output
+// tiles (SmallPolicy): 64x64x16, 4x4 per thread. Shared tiles As[k][m], Bs[k][n], double-buffered.
 
-template <typename T>
+template <typename T, int TM_ = sizeof(T) == 4 ? 8 : 4, int BK_ = 8>
 struct SimtPolicy {
   using E = Elem<T>;
   using raw = typename E::raw;
   using acc_t = typename E::acc;
-  static constexpr int NT = 256, BK = 8;
+  static constexpr int NT = 256, BK = BK_;
   static constexpr int VS = E::VEC;
-  static constexpr int TM = sizeof(T) == 4 ? 8 : 4, TN = TM;
+  static constexpr int TM = TM_, TN = TM;
   static constexpr int BM = 16 * TM, BN = 16 * TN;
   static constexpr int GM = TM / VS, GN = TN / VS;  // 16-byte groups per thread and dimension
   static constexpr int LDA = BM + VS, LDB = BN + VS;
@@ -434,6 +434,12 @@ struct PolicyFor<double> {
   using type = SimtPolicy<double>;
 };
 
+// Small outputs (float only, where the launches choose it: use_small_tiles): a 64x64 tile over 16-deep
+// K-tiles does a quarter of the 128x128 tile's multiply-adds a K-tile and half as many K-tiles. The
+// large tile spends most of its time on rows and columns past a seed-sized output (64x10, 64x100).
+template <typename T, bool SMALL>
+using Policy = std::conditional_t<SMALL, SimtPolicy<T, 4, 16>, typename PolicyFor<T>::type>;
+
 // ---------------------------------------------------------------------------------------------
 // The GEMM kernel's body, block `block` of `blocks` (the kernel passes blockIdx.x and gridDim.x; a
 // kernel that runs two products passes each its part of the grid). Each block walks work items
@@ -442,9 +448,10 @@ struct PolicyFor<double> {
 // from shared memory; one barrier per K-tile. smem: the kernel's shared array of P::SMEM bytes,
 // 128-byte aligned (declared by the kernel, so that one kernel running two bodies has one).
 
-template <typename T, int MODE>
+template <typename T, int MODE, bool SMALL = false>
 __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem, int64_t block, int64_t blocks) {
-  using P = typename PolicyFor<T>::type;
+  static_assert(!SMALL || std::is_same_v<T, float>, "small tiles are float32's");
+  using P = Policy<T, SMALL>;
   using E = Elem<T>;
   using raw = typename E::raw;
   using acc_t = typename E::acc;
@@ -527,13 +534,13 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem
 // two products run side by side rather than one after the other, in one launch: the seed's backward
 // is 8 tiles of each on a GPU of 132 SMs. The branch is uniform per block, so each body's barriers
 // stay whole.
-template <typename T>
+template <typename T, bool SMALL = false>
 __device__ __forceinline__ void grads_body(const GemmArgs& dx, const GemmArgs& dw, unsigned char* smem, int64_t block,
                                            int64_t dx_blocks, int64_t blocks) {
   if (block < dx_blocks) {
-    gemm_body<T, 1>(dx, smem, block, dx_blocks);
+    gemm_body<T, 1, SMALL>(dx, smem, block, dx_blocks);
   } else {
-    gemm_body<T, 2>(dw, smem, block - dx_blocks, blocks - dx_blocks);
+    gemm_body<T, 2, SMALL>(dw, smem, block - dx_blocks, blocks - dx_blocks);
   }
 }
 
@@ -651,9 +658,9 @@ GemmArgs grad_w_args(Mat g, Mat o, Mat x, void* dw, void* db, int64_t M, int64_t
 
 // Work items of a product (output tiles times K slices): the blocks of its grid, before the grid's
 // cap at INT_MAX.
-template <typename T>
+template <typename T, bool SMALL = false>
 int64_t gemm_tiles(const GemmArgs& g) {
-  using P = typename PolicyFor<T>::type;
+  using P = Policy<T, SMALL>;
   return ceil_div(g.M, P::BM) * (g.c != nullptr ? ceil_div(g.N, P::BN) : 1) * g.splits;
 }
 
@@ -665,12 +672,12 @@ int64_t gemm_tiles(const GemmArgs& g) {
 // tiles. Sets g's split fields except work; returns the workspace's size in acc elements (0: no split).
 constexpr int64_t kMinKTiles = 8;
 
-template <typename T, int MODE>
+template <typename T, int MODE, bool SMALL = false>
 int64_t plan_split_k(GemmArgs& g, int64_t sms, int64_t min_ktiles = kMinKTiles) {
-  using P = typename PolicyFor<T>::type;
+  using P = Policy<T, SMALL>;
   g.splits = 1;
   if (MODE == 2 || g.c == nullptr || g.M <= 0 || g.N <= 0) return 0;
-  const int64_t tiles = gemm_tiles<T>(g), nk = ceil_div(g.K, P::BK);
+  const int64_t tiles = gemm_tiles<T, SMALL>(g), nk = ceil_div(g.K, P::BK);
   const int64_t want = std::min(2 * sms / std::max<int64_t>(tiles, 1), nk / std::max<int64_t>(min_ktiles, 2));
   if (tiles >= sms || want < 2) return 0;
   g.kper = ceil_div(ceil_div(nk, want), 2) * 2;  // even: each slice starts on shared-memory stage 0
@@ -682,6 +689,13 @@ int64_t plan_split_k(GemmArgs& g, int64_t sms, int64_t min_ktiles = kMinKTiles) 
   g.work_ld = ceil_div(g.N, P::BN) * P::BN;
   g.work_slice = ceil_div(g.M, P::BM) * P::BM * g.work_ld;
   return g.splits * g.work_slice;
+}
+
+// Whether float32 products of these output tiles take the small tiles (where TWOLAYER_OPS_SIMT_SMALL_TILES
+// is set; off until a GPU run times them): a large-tile grid that would fill under a quarter of the SMs.
+template <typename T>
+bool use_small_tiles(const GemmArgs& g, int64_t sms) {
+  return std::is_same_v<T, float> && gemm_tiles<T>(g) * 4 <= sms;
 }
 
 }  // namespace cuda_gemm
