@@ -216,7 +216,7 @@ __device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, con
 // (CUTLASS's SIMT lane layout): a k step's A reads then touch 4 and its B reads 8 distinct vectors,
 // one shared-memory wavefront each, where a 2 x 16 warp needs one for A and two for B.
 // float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread; float's small-output
-// tiles (SmallPolicy): 64x64x16, 4x4 per thread. Shared tiles As[k][m], Bs[k][n], double-buffered.
+// tiles (Policy<float, true>): 64x64x16, 4x4 per thread. Shared tiles As[k][m], Bs[k][n], double-buffered.
 
 template <typename T, int TM_ = sizeof(T) == 4 ? 8 : 4, int BK_ = 8>
 struct SimtPolicy {
