@@ -494,6 +494,22 @@ int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b
   return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles, small);
 }
 
+// run(T()) for the element type of a dtype code: 0 float32, 1 float64 (the SIMT policy), 2 float16,
+// 3 bfloat16 (WMMA).
+template <typename F>
+int64_t for_dtype(int dtype, const F& run) {
+  switch (dtype) {
+    case 0:
+      return run(float());
+    case 1:
+      return run(double());
+    case 2:
+      return run(Half16());
+    default:
+      return run(BFloat16Bits());
+  }
+}
+
 }  // namespace
 
 // One product of the native CUDA backend, as linear_relu.cu launches it, on host arrays given by
@@ -515,16 +531,7 @@ extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0
     return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles,
                                      small != 0);
   };
-  switch (dtype) {
-    case 0:
-      return run(float());
-    case 1:
-      return run(double());
-    case 2:
-      return run(Half16());
-    default:
-      return run(BFloat16Bits());
-  }
+  return for_dtype(dtype, run);
 }
 
 // The backward's dX (c (M, K)) and dW + db (dw (N, K), db (N,); either may be null) as linear_relu.cu
@@ -541,16 +548,7 @@ extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t
     return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
                     sms, min_ktiles, small != 0);
   };
-  switch (dtype) {
-    case 0:
-      return run(float());
-    case 1:
-      return run(double());
-    case 2:
-      return run(Half16());
-    default:
-      return run(BFloat16Bits());
-  }
+  return for_dtype(dtype, run);
 }
 
 #ifdef EMULATION_MAIN
