@@ -2,16 +2,16 @@
 # The one-call GPU check, for a fresh GPU machine with torch and triton but no network:
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
-#          budget is spent: the CUDA tests (newest work first), the kernel benchmark of the issue-6
-#          shapes and the seed's layers, the same sm90 shapes under the GEMM variants that are off
-#          until timed (two-block clusters, the TMA-store epilogue) and their memcheck, the seed's
-#          layers replayed from CUDA graphs (and under the portable GEMMs' switches that are off until
-#          timed: deeper splits over K, float32's small-output tiles), then the `more` steps.
-#   more   (a second call on the same warm machine) what `all` reaches last, skipping the steps an
-#          earlier call on this machine finished with the same sources: the Hopper evidence, the
-#          Triton TMA backward's timing, the fused-step benchmark, memcheck of the default sm90 path,
-#          memcheck and racecheck of every native kernel, Nsight Compute profiles of the sm90 and SIMT
-#          forwards next to cuBLAS's.
+#          budget is spent: the CUDA tests (newest work first), then the steps of `more`: the kernel
+#          benchmark of the issue-6 shapes and the seed's layers, the same sm90 shapes under the GEMM
+#          variants that are off until timed (two-block clusters, the TMA-store epilogue) and their
+#          memcheck, the seed's layers replayed from CUDA graphs (and under the portable GEMMs'
+#          switches that are off until timed: deeper splits over K, float32's small-output tiles), ...
+#   more   (a second call on the same warm machine) every step of `all` after the tests, skipping the
+#          steps an earlier call on this machine finished with the same sources: the benchmarks and
+#          variants above, the Hopper evidence, the Triton TMA backward's timing, the fused-step
+#          benchmark, memcheck of the default sm90 path, memcheck and racecheck of every native
+#          kernel, Nsight Compute profiles of the sm90 and SIMT forwards next to cuBLAS's.
 # Each other stage fits one 10-minute call; run them in this order on a warm machine (the build is reused):
 #   test   (default) build; the CUDA-marked tests (native, triton, the Hopper paths and the fused
 #          step); compute-sanitizer memcheck, racecheck and synccheck on every native CUDA kernel.
@@ -140,7 +140,14 @@ for f in tests/test_*.py; do
   [[ " ${TEST_ORDER[*]} " == *" $f "* || $f == tests/test_properties.py ]] || TEST_ORDER+=("$f")
 done
 TEST_ORDER+=(tests/test_properties.py)
-more_steps() {  # the Hopper evidence, the Triton TMA backward, the fused step, the sanitizers, Nsight Compute profiles
+more_steps() {  # everything of `all` after the tests, so that a `more` call goes on where `all` stopped
+  # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
+  step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
+    --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+  step kernels_variants 150 bash -c variant_kernels
+  step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
+  step kernels_graph 120 bash -c graph_kernels
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton
   # fwdbwd rows, which ran the portable backward.
@@ -162,13 +169,6 @@ case $stage in
   all)
     # Newest and least-proven work first: the Hopper and fused-step test files lead the test run.
     step tests 260 "$PY" -m pytest -v -rs -m cuda --durations=20 "${parallel[@]}" "${TEST_ORDER[@]}"
-    # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
-    step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
-      --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
-    step kernels_variants 150 bash -c variant_kernels
-    step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
-      compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
-    step kernels_graph 120 bash -c graph_kernels
     more_steps
     summarize_tests
     echo; tail -26 "$logs/fused_step_bench.log" 2>/dev/null; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
@@ -176,7 +176,7 @@ case $stage in
     echo; cat "$logs"/kernels*.log 2>/dev/null | tr '\r' '\n' | grep -E " us \(|^== variant"
     ;;
   more)
-    # What `all` reaches last, for a second call on the same warm machine.
+    # Where `all` stopped, for a second call on the same warm machine.
     more_steps
     echo; tail -26 "$logs/fused_step_bench.log" 2>/dev/null; echo; tail -50 "$logs/hopper_evidence.log" 2>/dev/null
     echo; cat "$logs/profile_gemms.log" 2>/dev/null
