@@ -5,6 +5,8 @@
 //     of anything not written first shows in the results.
 //   emulated_gemm: the GEMM of the native backend (csrc/cuda/linear_relu_gemm.h: forward, dX, dW + db;
 //     SIMT and WMMA), one block after another (its blocks never wait for each other).
+//   emulated_quad_transpose: the sm90 epilogue's exchange of words in each quad of a warp
+//     (csrc/cuda/quad_transpose.h).
 // tests/conftest.py builds it as a shared library for the tests (through ctypes) and, with
 // -DEMULATION_MAIN -fsanitize=thread, as a program that runs fused-step launches under ThreadSanitizer.
 #include <cmath>
@@ -223,6 +225,7 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 }  // namespace twolayer_ops
 
 #include "../csrc/cuda/linear_relu_gemm.h"
+#include "../csrc/cuda/quad_transpose.h"
 
 // The 16-bit element types (linear_relu.cu has CUDA's): raw bits, computed in float, WMMA policy.
 namespace twolayer_ops {
@@ -549,6 +552,20 @@ extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t
                     sms, min_ktiles, small != 0);
   };
   return for_dtype(dtype, run);
+}
+
+// quad_transpose (the sm90 epilogue's exchange) on one warp: lane l's words are words[4l .. 4l + 3],
+// replaced by what the lane holds afterwards.
+extern "C" int emulated_quad_transpose(uint32_t* words) {
+  gridDim.x = 1;
+  run_blocks(0, 1, 32, [&] {
+    const int lane = int(threadIdx.x);
+    uint32_t w[4];
+    for (int i = 0; i < 4; ++i) w[i] = words[4 * lane + i];
+    quad_transpose(w, lane % 4, [](uint32_t v, int m) { return shfl_xor(v, m); });
+    for (int i = 0; i < 4; ++i) words[4 * lane + i] = w[i];
+  });
+  return 0;
 }
 
 #ifdef EMULATION_MAIN

@@ -8,12 +8,13 @@ barrier waits trap after a few seconds) fails these tests instead of poisoning t
 whole session. The worker runs every case once, writes one result per case to a JSON file as it goes,
 and each parametrized test below reports one case. Run the worker alone with
     TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
-(the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2
-and TWOLAYER_OPS_SM90_TMA_STORE=1 switch on the GEMM variants that test_sm90_path_variants runs every
-case under).
+(the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2,
+TWOLAYER_OPS_SM90_TMA_STORE=1 and TWOLAYER_OPS_SM90_WIDE_STORES=1 switch on the GEMM variants that
+test_sm90_path_variants runs every case under).
 Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
 kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
 """
+import ctypes
 import json
 import math
 import os
@@ -315,8 +316,8 @@ CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32"
 
 def worker(out_path, only=None):
     """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and at the
-    end the variant switches and launch counts under "variants" (info()[6:10]: cluster, cluster launches,
-    tma_store, tma_store launches)."""
+    end the variant switches and launch counts under "variants" (info()[6:12]: cluster, cluster launches,
+    tma_store, tma_store launches, wide_stores, wide-store launches)."""
     results = {}
     for case_id in CASE_IDS:
         if only and only not in case_id:
@@ -330,7 +331,7 @@ def worker(out_path, only=None):
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
-    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:10]
+    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:12]
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
 
@@ -338,12 +339,14 @@ def worker(out_path, only=None):
 # ---- the tests -----------------------------------------------------------------------------------------
 
 # The GEMM variants that are off by default, as the worker's environment: two-block clusters sharing B by
-# TMA multicast, the TMA-store epilogue, both.
-DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0"}
+# TMA multicast, the TMA-store epilogue, both, and 16-byte stores from the registers.
+DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0",
+                    "TWOLAYER_OPS_SM90_WIDE_STORES": "0"}
 VARIANTS = {
     "clusters": {"TWOLAYER_OPS_SM90_CLUSTER": "2"},
     "tma_store": {"TWOLAYER_OPS_SM90_TMA_STORE": "1"},
     "clusters_tma_store": {"TWOLAYER_OPS_SM90_CLUSTER": "2", "TWOLAYER_OPS_SM90_TMA_STORE": "1"},
+    "wide_stores": {"TWOLAYER_OPS_SM90_WIDE_STORES": "1"},
 }
 
 
@@ -384,18 +387,22 @@ def test_sm90_path(worker_results, case):
 def test_sm90_path_variants(tmp_path, variant):
     """Every case again under each GEMM variant that is off by default: two-block clusters (odd tile-row
     counts leave a cluster's second block past M; B tiles half past N; the MN-major backward operands;
-    TF32) and the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
-    store, keeps the register stores). One test per variant, so one process runs each worker."""
+    TF32), the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
+    store, keeps the register stores) and the 16-byte stores (16-bit C; rows past M; the last tile-column
+    and rows not 16-byte aligned keep the pair stores). One test per variant, so one process runs each
+    worker."""
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     missing = [c for c in CASE_IDS if c not in results]
     assert not missing, f"the worker reported nothing for {missing} (a crash or a hang?):\n{log}"
     failed = {c: r for c, r in results.items() if c in CASE_IDS and r != "ok"}
     assert not failed, "\n\n".join(f"{c}:\n{r}" for c, r in failed.items())
-    cluster, cluster_launches, tma_store, tma_store_launches = results["variants"]
+    cluster, cluster_launches, tma_store, tma_store_launches, wide, wide_launches = results["variants"]
     want_cluster = "clusters" in variant
     want_tma_store = "tma_store" in variant
+    want_wide = "wide_stores" in variant
     assert cluster == (2 if want_cluster else 1) and (cluster_launches > 0) == want_cluster, results["variants"]
     assert tma_store == int(want_tma_store) and (tma_store_launches > 0) == want_tma_store, results["variants"]
+    assert wide == int(want_wide) and (wide_launches > 0) == want_wide, results["variants"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -406,8 +413,9 @@ def test_worker_runs_under_the_variant_switches(tmp_path, variant):
         pytest.skip("extension built without CUDA")
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     assert set(CASE_IDS) <= set(results), log
-    cluster, _, tma_store, _ = results["variants"]
-    assert (cluster, tma_store) == (2 if "clusters" in variant else 1, int("tma_store" in variant)), results["variants"]
+    cluster, _, tma_store, _, wide, _ = results["variants"]
+    want = (2 if "clusters" in variant else 1, int("tma_store" in variant), int("wide_stores" in variant))
+    assert (cluster, tma_store, wide) == want, results["variants"]
 
 
 @pytest.mark.cuda
@@ -430,7 +438,8 @@ def test_introspection_ops_without_a_gpu_run():
     ops = _sm90_ops()
     if ops is None:
         pytest.skip("extension built without CUDA")
-    mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches, tma_store, tma_store_launches = ops.info()
+    (mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches, tma_store, tma_store_launches, wide,
+     wide_launches) = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -464,6 +473,22 @@ def test_introspection_ops_without_a_gpu_run():
     assert ops.info()[8] == 1
     ops.set_tma_store(-1)
     assert ops.info()[8] == tma_store
+    assert wide == int(os.environ.get("TWOLAYER_OPS_SM90_WIDE_STORES") == "1") and wide_launches >= 0
+    with pytest.raises(RuntimeError, match="set_wide_stores: mode must be"):
+        ops.set_wide_stores(2)
+    ops.set_wide_stores(1)
+    assert ops.info()[10] == 1
+    ops.set_wide_stores(-1)
+    assert ops.info()[10] == wide
+
+
+def test_quad_transpose_hands_each_lane_a_column(emulation):
+    """The wide-store epilogue's exchange (csrc/cuda/quad_transpose.h), on the CPU emulation of a warp:
+    lane 4r + q ends with word q of each lane of its quad, in lane order."""
+    words = (ctypes.c_uint32 * 128)(*[0x1000 * lane + i for lane in range(32) for i in range(4)])
+    assert emulation.emulated_quad_transpose(words) == 0
+    want = [0x1000 * (lane - lane % 4 + p) + lane % 4 for lane in range(32) for p in range(4)]
+    assert list(words) == want
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@
 //   * Epilogue straight from the accumulator fragments: + bias (optional), ReLU as v <= 0 ? 0 : v
 //     (NaN passes, never fmaxf), cast, and stores of element pairs (bounds-checked rows/cols). Optionally
 //     (set_tma_store(1), TWOLAYER_OPS_SM90_TMA_STORE=1; off until a GPU run times it) the same values go
-//     to swizzled shared-memory boxes that TMA stores while the consumers start the next tile.
+//     to swizzled shared-memory boxes that TMA stores while the consumers start the next tile. Or
+//     (set_wide_stores(1), TWOLAYER_OPS_SM90_WIDE_STORES=1; off until timed) 16-bit C leaves the
+//     registers in 16-byte stores: each quad of lanes trades its pairs (quad_transpose.h) so that its 4
+//     lanes write whole 32-byte sectors, where pair stores write half sectors, 4x as many stores.
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
 // Uses:
@@ -74,6 +77,7 @@
 #include <vector>
 
 #include "../linear_relu.h"
+#include "quad_transpose.h"
 #include "sm90.h"
 
 namespace twolayer_ops {
@@ -102,6 +106,7 @@ struct GemmArgs {
   int tiles_m = 0, tiles_n = 0, k_blocks = 0, group_m = kGroupM;  // tiles_m, group_m: rows of CL tiles
   int pair_ok = 0;    // C rows take stores of element pairs (ldc even, C aligned to a pair)
   int tma_store = 0;  // the epilogue stores C through shared memory and TMA (the kernel's tma_c)
+  int wide_stores = 0;  // else 16-byte stores of 16-bit C (rows 16-byte aligned) where a tile's columns all fit
 };
 
 // The element types: float16, bfloat16, and float32 read as TF32 where torch allows TF32. wgmma takes
@@ -133,13 +138,20 @@ struct Elt<kTF32> {
 template <int DT>
 constexpr int kBK = kRowBytes / int(sizeof(typename Elt<DT>::raw));  // K-tile depth in elements
 
+// The 16-bit element pair (lo, hi) as one word, lo in the low half (its address comes first).
+template <int DT>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+  static_assert(sizeof(typename Elt<DT>::raw) == 2, "pairs of 16-bit types only");
+  return uint32_t(Elt<DT>::from_f(lo)) | (uint32_t(Elt<DT>::from_f(hi)) << 16);
+}
+
 // Stores the element pair (lo, hi) at p, 2-element aligned: one 4-byte (16-bit types) or 8-byte store.
 template <int DT>
 __device__ __forceinline__ void store_pair(typename Elt<DT>::raw* p, float lo, float hi) {
   if constexpr (DT == kTF32) {
     *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
   } else {
-    *reinterpret_cast<uint32_t*>(p) = uint32_t(Elt<DT>::from_f(lo)) | (uint32_t(Elt<DT>::from_f(hi)) << 16);
+    *reinterpret_cast<uint32_t*>(p) = pack_pair<DT>(lo, hi);
   }
 }
 
@@ -171,9 +183,14 @@ __device__ __forceinline__ void store_pair_shared(uint32_t addr, float lo, float
   if constexpr (DT == kTF32) {
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(lo), "f"(hi) : "memory");
   } else {
-    const uint32_t v = uint32_t(Elt<DT>::from_f(lo)) | (uint32_t(Elt<DT>::from_f(hi)) << 16);
-    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(pack_pair<DT>(lo, hi)) : "memory");
   }
+}
+
+// One 16-byte store of four words to global memory at p (16-byte aligned). Inline PTX: from a uint4
+// store, nvcc split the first of a run of them into four 4-byte stores.
+__device__ __forceinline__ void store_global_16(void* p, uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w0), "r"(w1), "r"(w2), "r"(w3) : "memory");
 }
 
 // Tile t of the persistent order -> (tile-row, tile-column): groups of group_m tile-rows, tile-rows
@@ -617,6 +634,34 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
           }
         }
+      } else if (DT != kTF32 && args.wide_stores && int64_t(tn + 1) * kBN <= args.N) {
+        if constexpr (DT != kTF32) {
+          // All 256 columns in range, rows 16-byte aligned: 16-byte stores of 16-bit C. A quad (the 4
+          // lanes of one accumulator row) holds 8-column runs 4J .. 4J + 3 as pairs, lane q columns
+          // 8j + 2q and 8j + 2q + 1; quad_transpose hands lane q the four pairs of run 4J + q. Each store
+          // of a warp then fills 64 contiguous bytes in each of its 8 rows (two whole 32-byte sectors),
+          // where a pair store fills 16 bytes a row (half a sector), four times as many stores.
+          const int q = lane % 4;
+          const int64_t first = int64_t(tn) * kBN + 8 * q;  // this lane's run when J = 0
+#pragma unroll
+          for (int J = 0; J < kBN / 32; ++J) {
+            float2 b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) b[i] = bias_pair<DT, false>(args, col + 8 * (4 * J + i));
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              uint32_t w[4];
+#pragma unroll
+              for (int i = 0; i < 4; ++i) {
+                const int j = 4 * J + i;
+                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b[i].x),
+                                     activate<RELU>(acc[4 * j + 2 * h + 1] + b[i].y));
+              }
+              quad_transpose(w, q, [](uint32_t v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
+              if (row_ok[h]) store_global_16(C + (row + 8 * h) * args.ldc + first + 32 * J, w[0], w[1], w[2], w[3]);
+            }
+          }
+        }
       } else if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
         // All 256 columns in range: unconditional bias loads and 4-byte pair stores.
 #pragma unroll
@@ -750,7 +795,9 @@ std::atomic<int> g_tf32{-1};  // -1: follow TWOLAYER_OPS_SM90_TF32; 0: off; 1: o
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
 std::atomic<int> g_tma_store{-1};  // -1: follow TWOLAYER_OPS_SM90_TMA_STORE; 0: off; 1: on (set_tma_store)
-std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0};
+std::atomic<int> g_wide_stores{-1};  // -1: follow TWOLAYER_OPS_SM90_WIDE_STORES; 0: off; 1: on (set_wide_stores)
+std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
+    g_wide_store_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -788,6 +835,16 @@ bool tma_store_env() {  // on when TWOLAYER_OPS_SM90_TMA_STORE=1
 bool tma_store_enabled() {
   const int mode = g_tma_store.load(std::memory_order_relaxed);
   return mode < 0 ? tma_store_env() : mode == 1;
+}
+
+bool wide_stores_env() {  // on when TWOLAYER_OPS_SM90_WIDE_STORES=1
+  static const bool on = env_is("TWOLAYER_OPS_SM90_WIDE_STORES", "1");
+  return on;
+}
+
+bool wide_stores_enabled() {
+  const int mode = g_wide_stores.load(std::memory_order_relaxed);
+  return mode < 0 ? wide_stores_env() : mode == 1;
 }
 
 bool tf32_enabled() {
@@ -983,6 +1040,10 @@ void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, in
   a.tma_store = tma_store_enabled() && a.ldc * esize % 16 == 0 && reinterpret_cast<uintptr_t>(a.c) % 16 == 0 &&
                 make_map(&mc, a.c, DT, a.M, a.N, a.ldc, 0, 64);
   if (a.tma_store) g_tma_store_launches.fetch_add(1);
+  // Else 16-byte stores from the registers where switched on, for 16-bit C with 16-byte aligned rows.
+  a.wide_stores = !a.tma_store && wide_stores_enabled() && esize == 2 && a.ldc % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(a.c) % 16 == 0;
+  if (a.wide_stores) g_wide_store_launches.fetch_add(1);
   const int tile_rows = (a.M + kBM - 1) / kBM;
   a.tiles_m = (tile_rows + CL - 1) / CL;  // rows of CL tiles
   a.tiles_n = (a.N + kBN - 1) / kBN;
@@ -1101,7 +1162,8 @@ std::vector<int64_t> info_op() {
   }
   return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load(),
           int64_t(tf32_enabled()), int64_t(cluster_setting()), g_cluster_launches.load(),
-          int64_t(tma_store_enabled()), g_tma_store_launches.load()};
+          int64_t(tma_store_enabled()), g_tma_store_launches.load(), int64_t(wide_stores_enabled()),
+          g_wide_store_launches.load()};
 }
 
 void set_mode_op(int64_t mode) {
@@ -1126,6 +1188,12 @@ void set_tma_store_op(int64_t mode) {
   TORCH_CHECK(mode >= -1 && mode <= 1,
               "twolayer_ops_sm90.set_tma_store: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
   g_tma_store.store(int(mode));
+}
+
+void set_wide_stores_op(int64_t mode) {
+  TORCH_CHECK(mode >= -1 && mode <= 1,
+              "twolayer_ops_sm90.set_wide_stores: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
+  g_wide_stores.store(int(mode));
 }
 
 void set_group_m_op(int64_t group_m) {
@@ -1220,7 +1288,7 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 }  // namespace twolayer_ops
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
-// cluster launches, tma_store, tma_store launches]. See sm90.h.
+// cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches]. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
@@ -1228,6 +1296,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 // torch.ops.twolayer_ops_sm90.set_cluster(n): blocks per cluster, -1 follow TWOLAYER_OPS_SM90_CLUSTER, 1 or 2.
 // torch.ops.twolayer_ops_sm90.set_tma_store(m): the TMA-store epilogue; -1 follow TWOLAYER_OPS_SM90_TMA_STORE,
 // 0 off, 1 on.
+// torch.ops.twolayer_ops_sm90.set_wide_stores(m): 16-byte stores from the registers (where TMA does not
+// store C); -1 follow TWOLAYER_OPS_SM90_WIDE_STORES, 0 off, 1 on.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
@@ -1235,4 +1305,5 @@ TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("set_group_m(int group_m) -> ()", &twolayer_ops::sm90::set_group_m_op);
   m.def("set_cluster(int blocks) -> ()", &twolayer_ops::sm90::set_cluster_op);
   m.def("set_tma_store(int mode) -> ()", &twolayer_ops::sm90::set_tma_store_op);
+  m.def("set_wide_stores(int mode) -> ()", &twolayer_ops::sm90::set_wide_stores_op);
 }
