@@ -29,7 +29,8 @@
 //     to swizzled shared-memory boxes that TMA stores while the consumers start the next tile. Or
 //     (set_wide_stores(1), TWOLAYER_OPS_SM90_WIDE_STORES=1; off until timed) 16-bit C leaves the
 //     registers in 16-byte stores: each quad of lanes trades its pairs (quad_transpose.h) so that its 4
-//     lanes write whole 32-byte sectors, where pair stores write half sectors, 4x as many stores.
+//     lanes write whole 32-byte sectors, where pair stores write half sectors, 4x as many stores. Both
+//     variants load a 16-bit tile's bias while its last wgmma batch runs, not one pair per store.
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
 // Uses:
@@ -166,6 +167,37 @@ __device__ __forceinline__ float2 bias_pair(const GemmArgs& a, int64_t n) {
   }
   return b;
 }
+
+// The bias of a consumer thread's 64 columns of a tile (col + 8j and col + 8j + 1 for j < 32) for 16-bit
+// C, as pairs packed like pack_pair, zeros without a bias and past N. The epilogue variants load it all
+// before their first store: the compiler may not move a bias load above a store to C (they might alias),
+// so loads inside the store loop wait out one memory latency each, 32 a tile (as in the pair stores).
+template <int DT>
+struct TileBias {
+  uint32_t w[kBN / 8];
+
+  __device__ __forceinline__ void load(const GemmArgs& a, int64_t col) {
+    static_assert(sizeof(typename Elt<DT>::raw) == 2, "16-bit types only");
+    const auto* bias = static_cast<const uint16_t*>(a.bias);
+    if (bias != nullptr && a.bias_s == 1 && reinterpret_cast<uintptr_t>(bias) % 4 == 0 && col + kBN - 7 < a.N) {
+      // Contiguous, 4-byte aligned (col is even), every pair in range: one 4-byte load a pair.
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) w[j] = *reinterpret_cast<const uint32_t*>(bias + col + 8 * j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int64_t n = col + 8 * j;
+        const uint32_t lo = bias != nullptr && n < a.N ? bias[n * a.bias_s] : 0u;
+        const uint32_t hi = bias != nullptr && n + 1 < a.N ? bias[(n + 1) * a.bias_s] : 0u;
+        w[j] = lo | (hi << 16);
+      }
+    }
+  }
+
+  __device__ __forceinline__ float2 pair(int j) const {
+    return make_float2(Elt<DT>::to_f(uint16_t(w[j] & 0xffffu)), Elt<DT>::to_f(uint16_t(w[j] >> 16)));
+  }
+};
 
 // ReLU as v <= 0 ? 0 : v: NaN <= 0 is false, so NaN passes (never fmaxf, which would drop it).
 template <bool RELU>
@@ -579,14 +611,17 @@ __global__ void __launch_bounds__(kThreads, 1)
           phase ^= 1u;
         }
       }
-      wgmma_wait<0>();
-      fence_acc(acc);
-      if (args.k_blocks > 0) release(prev);
-
       // Epilogue. Accumulator fragment of wgmma m64nNk16: acc[4j + 2h + e] is row
       // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
       const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
       const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
+      // The epilogue variants' bias, loaded while the last wgmma batch runs; 16-bit C only (TF32 keeps
+      // its loads in the store loop: as floats, its tile bias would take 64 more registers).
+      TileBias<DT == kTF32 ? kBF16 : DT> tile_bias;  // unused for TF32
+      if (DT != kTF32 && (args.tma_store || args.wide_stores)) tile_bias.load(args, col);
+      wgmma_wait<0>();
+      fence_acc(acc);
+      if (args.k_blocks > 0) release(prev);
       const bool row_ok[2] = {row < args.M, row + 8 < args.M};
       raw* const C = static_cast<raw*>(args.c);
       if (args.tma_store) {
@@ -616,7 +651,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int jj = 0; jj < kCols / 8; ++jj) {
               const int j = box * (kCols / 8) + jj;
-              const float2 b = bias_pair<DT, true>(args, col + 8 * j);
+              const float2 b = DT == kTF32 ? bias_pair<DT, true>(args, col + 8 * j) : tile_bias.pair(j);
               const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
@@ -645,17 +680,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int64_t first = int64_t(tn) * kBN + 8 * q;  // this lane's run when J = 0
 #pragma unroll
           for (int J = 0; J < kBN / 32; ++J) {
-            float2 b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) b[i] = bias_pair<DT, false>(args, col + 8 * (4 * J + i));
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               uint32_t w[4];
 #pragma unroll
               for (int i = 0; i < 4; ++i) {
                 const int j = 4 * J + i;
-                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b[i].x),
-                                     activate<RELU>(acc[4 * j + 2 * h + 1] + b[i].y));
+                const float2 b = tile_bias.pair(j);
+                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b.x), activate<RELU>(acc[4 * j + 2 * h + 1] + b.y));
               }
               quad_transpose(w, q, [](uint32_t v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
               if (row_ok[h]) store_global_16(C + (row + 8 * h) * args.ldc + first + 32 * J, w[0], w[1], w[2], w[3]);
