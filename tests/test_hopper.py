@@ -185,6 +185,20 @@ def _case_kernels_ran(dtype):
     _check(x, w, b, go)
 
 
+def _bias_views(n, dtype, seed):
+    """The bias as a stride-2 view and as a view one element past an aligned start: the epilogue cannot
+    load its column pairs as one word (TileBias), so it loads them element by element."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    wide = torch.randn(2 * n + 2, device="cuda", generator=g).to(dtype)
+    return wide[::2][:n], wide[1 : n + 1]
+
+
+def _case_bias_layouts(dtype):
+    x, w, _, go = _inputs(512, 1024, 768, dtype, seed=10)
+    for b in _bias_views(768, dtype, seed=10):
+        _check(x, w, b, go)
+
+
 CASES = {
     "tiles_256x512x384": _shape_case(256, 512, 384),
     "ragged_1000x1024x1000": _shape_case(1000, 1024, 1000),
@@ -199,6 +213,7 @@ CASES = {
     "nan_and_zero": _case_nan_and_zero,
     "deterministic": _case_deterministic,
     "kernels_ran": _case_kernels_ran,
+    "bias_layouts": _case_bias_layouts,
 }
 
 
@@ -302,6 +317,12 @@ def _case_tf32_specials():
     _check_tf32(*_inputs(256, 1001, 512, torch.float32, seed=14), sm90_fwd=False)
 
 
+def _case_tf32_bias_layouts():
+    x, w, _, go = _inputs(512, 1024, 768, torch.float32, seed=15)
+    for b in _bias_views(768, torch.float32, seed=15):
+        _check_tf32(x, w, b, go)
+
+
 TF32_CASES = {
     "tf32_tiles_256x512x384": _tf32_shape_case(256, 512, 384),
     "tf32_ragged_1000x1024x1000": _tf32_shape_case(1000, 1024, 1000),
@@ -310,6 +331,7 @@ TF32_CASES = {
     "tf32_big_4096x4096x4096": _tf32_shape_case(4096, 4096, 4096),
     "tf32_specials": _case_tf32_specials,
     "tf32_switches": _case_tf32_switches,
+    "tf32_bias_layouts": _case_tf32_bias_layouts,
 }
 CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32" for name in TF32_CASES]
 

@@ -79,14 +79,20 @@ def test_hopper_tf32_gemms_run_tf32_wgmma(sm90a):
 def test_hopper_16bit_gemms_have_the_wide_store_epilogue(sm90a):
     """The float16 / bfloat16 Hopper GEMMs can store C in 16-byte stores (TWOLAYER_OPS_SM90_WIDE_STORES):
     per consumer thread and tile, 16 of them after 16 quad transposes of 4 butterfly shuffles each (ptxas
-    also keeps a copy of that code for a warp that reaches the shuffles diverged). Their tile bias comes
-    in 32 four-byte loads of element pairs. TF32 has no such path."""
+    also keeps a copy of that code for a warp that reaches the shuffles diverged). TF32 has no such path."""
     for k in named(sm90a, "sm90_gemm_kernel<0,") + named(sm90a, "sm90_gemm_kernel<1,"):
         assert k.mnemonics["STG.E.128"] >= 16, (k.name, k.mnemonics["STG.E.128"])
         assert k.ops["SHFL"] >= 64 and k.ops["SHFL"] % 64 == 0, (k.name, k.ops["SHFL"])
-        assert k.mnemonics["LDG.E"] >= 32, (k.name, k.mnemonics["LDG.E"])
     for k in named(sm90a, "sm90_gemm_kernel<2,"):
         assert k.mnemonics["STG.E.128"] == 0 and k.ops["SHFL"] == 0, k.name
+
+
+def test_hopper_gemm_loads_a_tiles_bias_in_pairs(sm90a):
+    """The epilogue's bias (TileBias): where it is contiguous, each consumer thread loads its 32 column
+    pairs of a tile in 32 loads, a 4-byte word of two 16-bit values or 8 bytes of two floats."""
+    for dt, pair_load in (("0", "LDG.E"), ("1", "LDG.E"), ("2", "LDG.E.64")):
+        for k in named(sm90a, f"sm90_gemm_kernel<{dt},"):
+            assert k.mnemonics[pair_load] >= 32, (k.name, k.mnemonics[pair_load])
 
 
 def test_no_local_memory_in_the_hopper_simt_and_fused_step_kernels(sm90a):

@@ -29,8 +29,8 @@
 //     to swizzled shared-memory boxes that TMA stores while the consumers start the next tile. Or
 //     (set_wide_stores(1), TWOLAYER_OPS_SM90_WIDE_STORES=1; off until timed) 16-bit C leaves the
 //     registers in 16-byte stores: each quad of lanes trades its pairs (quad_transpose.h) so that its 4
-//     lanes write whole 32-byte sectors, where pair stores write half sectors, 4x as many stores. Both
-//     variants load a 16-bit tile's bias while its last wgmma batch runs, not one pair per store.
+//     lanes write whole 32-byte sectors, where pair stores write half sectors, 4x as many stores.
+//     Every epilogue takes its bias from registers, loaded while the tile's last wgmma batch runs.
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
 // Uses:
@@ -75,6 +75,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../linear_relu.h"
@@ -156,46 +157,46 @@ __device__ __forceinline__ void store_pair(typename Elt<DT>::raw* p, float lo, f
   }
 }
 
-// The bias of columns n and n + 1 (zeros without a bias; with CHECKED, zeros past N too).
-template <int DT, bool CHECKED>
-__device__ __forceinline__ float2 bias_pair(const GemmArgs& a, int64_t n) {
-  const auto* bias = static_cast<const typename Elt<DT>::raw*>(a.bias);
-  float2 b = make_float2(0.f, 0.f);
-  if (bias != nullptr) {
-    if (!CHECKED || n < a.N) b.x = Elt<DT>::to_f(bias[n * a.bias_s]);
-    if (!CHECKED || n + 1 < a.N) b.y = Elt<DT>::to_f(bias[(n + 1) * a.bias_s]);
-  }
-  return b;
-}
-
-// The bias of a consumer thread's 64 columns of a tile (col + 8j and col + 8j + 1 for j < 32) for 16-bit
-// C, as pairs packed like pack_pair, zeros without a bias and past N. The epilogue variants load it all
-// before their first store: the compiler may not move a bias load above a store to C (they might alias),
-// so loads inside the store loop wait out one memory latency each, 32 a tile (as in the pair stores).
+// The bias of a consumer thread's 64 columns of a tile (col + 8j and col + 8j + 1 for j < 32), zeros
+// without a bias and past N: 16-bit pairs packed like pack_pair (32 registers), float pairs as they are
+// (64). The epilogue loads it all while the tile's last wgmma batch runs. Loaded next to each store, the
+// bias waits: the compiler may not move a load of it above the stores before it (they might alias C),
+// so the SASS waited out one load latency a pair, 32 a tile, with the tensor cores idle.
 template <int DT>
 struct TileBias {
-  uint32_t w[kBN / 8];
+  using raw = typename Elt<DT>::raw;
+  static constexpr bool kPacked = sizeof(raw) == 2;
+  using Pair = std::conditional_t<kPacked, uint32_t, float2>;
+  Pair v[kBN / 8];
 
   __device__ __forceinline__ void load(const GemmArgs& a, int64_t col) {
-    static_assert(sizeof(typename Elt<DT>::raw) == 2, "16-bit types only");
-    const auto* bias = static_cast<const uint16_t*>(a.bias);
-    if (bias != nullptr && a.bias_s == 1 && reinterpret_cast<uintptr_t>(bias) % 4 == 0 && col + kBN - 7 < a.N) {
-      // Contiguous, 4-byte aligned (col is even), every pair in range: one 4-byte load a pair.
+    const auto* bias = static_cast<const raw*>(a.bias);
+    if (bias != nullptr && a.bias_s == 1 && reinterpret_cast<uintptr_t>(bias) % sizeof(Pair) == 0 &&
+        col + kBN - 7 < a.N) {
+      // Contiguous, aligned (col is even), every pair in range: one load a pair.
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) w[j] = *reinterpret_cast<const uint32_t*>(bias + col + 8 * j);
+      for (int j = 0; j < kBN / 8; ++j) v[j] = *reinterpret_cast<const Pair*>(bias + col + 8 * j);
     } else {
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
         const int64_t n = col + 8 * j;
-        const uint32_t lo = bias != nullptr && n < a.N ? bias[n * a.bias_s] : 0u;
-        const uint32_t hi = bias != nullptr && n + 1 < a.N ? bias[(n + 1) * a.bias_s] : 0u;
-        w[j] = lo | (hi << 16);
+        const raw lo = bias != nullptr && n < a.N ? bias[n * a.bias_s] : raw(0);
+        const raw hi = bias != nullptr && n + 1 < a.N ? bias[(n + 1) * a.bias_s] : raw(0);
+        if constexpr (kPacked) {
+          v[j] = uint32_t(lo) | (uint32_t(hi) << 16);
+        } else {
+          v[j] = make_float2(lo, hi);
+        }
       }
     }
   }
 
   __device__ __forceinline__ float2 pair(int j) const {
-    return make_float2(Elt<DT>::to_f(uint16_t(w[j] & 0xffffu)), Elt<DT>::to_f(uint16_t(w[j] >> 16)));
+    if constexpr (kPacked) {
+      return make_float2(Elt<DT>::to_f(raw(v[j] & 0xffffu)), Elt<DT>::to_f(raw(v[j] >> 16)));
+    } else {
+      return v[j];
+    }
   }
 };
 
@@ -615,10 +616,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
       const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
       const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
-      // The epilogue variants' bias, loaded while the last wgmma batch runs; 16-bit C only (TF32 keeps
-      // its loads in the store loop: as floats, its tile bias would take 64 more registers).
-      TileBias<DT == kTF32 ? kBF16 : DT> tile_bias;  // unused for TF32
-      if (DT != kTF32 && (args.tma_store || args.wide_stores)) tile_bias.load(args, col);
+      TileBias<DT> tile_bias;
+      tile_bias.load(args, col);  // while the last wgmma batch runs
       wgmma_wait<0>();
       fence_acc(acc);
       if (args.k_blocks > 0) release(prev);
@@ -651,7 +650,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int jj = 0; jj < kCols / 8; ++jj) {
               const int j = box * (kCols / 8) + jj;
-              const float2 b = DT == kTF32 ? bias_pair<DT, true>(args, col + 8 * j) : tile_bias.pair(j);
+              const float2 b = tile_bias.pair(j);
               const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
@@ -695,11 +694,11 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         }
       } else if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
-        // All 256 columns in range: unconditional bias loads and 4-byte pair stores.
+        // All 256 columns in range: pair stores, unchecked.
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
-          const float2 b = bias_pair<DT, false>(args, n);
+          const float2 b = tile_bias.pair(j);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
@@ -712,7 +711,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           const int64_t n = col + 8 * j;
-          const float2 b = bias_pair<DT, true>(args, n);
+          const float2 b = tile_bias.pair(j);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);

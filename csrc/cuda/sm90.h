@@ -31,8 +31,7 @@
 // where 1 turns it on);
 // torch.ops.twolayer_ops_sm90.set_wide_stores(1) makes the epilogue store 16-bit C from the registers
 // in 16-byte stores, each quad of lanes trading its element pairs first (where TMA does not store C;
-// 0: pair stores; -1: back to TWOLAYER_OPS_SM90_WIDE_STORES, where 1 turns it on). Both epilogue
-// variants load a 16-bit tile's bias while its last wgmma batch runs, not a pair before each store.
+// 0: pair stores; -1: back to TWOLAYER_OPS_SM90_WIDE_STORES, where 1 turns it on).
 // All three off by default: written without a GPU, they wait for a GPU run to check and time them.
 #pragma once
 
