@@ -198,12 +198,23 @@ struct TileLoader {
   }
 };
 
-// Bias + ReLU for the forward epilogue (MODE 0); other modes store the product as it is.
+// The forward epilogue's bias of column n (MODE 0; zero without a bias, past N, or in other modes).
+// Epilogues load a thread's bias before their first store: the compiler may not move a load above a
+// store that might alias it, so a load next to each store waits out its latency.
 template <typename E, int MODE>
-__device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, const GemmArgs& g, int64_t n) {
+__device__ __forceinline__ typename E::acc bias_at(const GemmArgs& g, int64_t n) {
+  if constexpr (MODE == 0) {
+    if (g.bias != nullptr && n < g.N) return E::tof(static_cast<const typename E::raw*>(g.bias)[n * g.bias_s]);
+  }
+  return typename E::acc(0);
+}
+
+// + bias, ReLU for the forward epilogue (MODE 0); other modes store the product as it is.
+template <typename E, int MODE>
+__device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, typename E::acc bias) {
   using acc_t = typename E::acc;
   if constexpr (MODE == 0) {
-    if (g.bias != nullptr) v += E::tof(static_cast<const typename E::raw*>(g.bias)[n * g.bias_s]);
+    v += bias;
     v = v <= acc_t(0) ? acc_t(0) : v;
   }
   return v;
@@ -286,6 +297,9 @@ struct SimtPolicy {
                                                   int tid) {
     const int ty = thread_y(tid), tx = thread_x(tid);
     raw* C = static_cast<raw*>(g.c);
+    acc_t bias[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) bias[j] = bias_at<E, MODE>(g, n0 + col(j, tx));
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int64_t m = m0 + row(i, ty);
@@ -293,7 +307,7 @@ struct SimtPolicy {
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         const int64_t n = n0 + col(j, tx);
-        if (n < g.N) C[m * g.N + n] = E::fromf(epilogue_value<E, MODE>(a.v[i][j], g, n));
+        if (n < g.N) C[m * g.N + n] = E::fromf(epilogue_value<E, MODE>(a.v[i][j], bias[j]));
       }
     }
   }
@@ -383,6 +397,11 @@ struct WmmaPolicy {
       uint4 v;
       raw r[8];
     } o;
+    acc_t bias[FN][8];  // this lane's 8 columns of each fragment column
+#pragma unroll
+    for (int j = 0; j < FN; ++j)
+#pragma unroll
+      for (int v = 0; v < 8; ++v) bias[j][v] = bias_at<E, MODE>(g, n0 + wn * WN + j * 16 + c0 + v);
 #pragma unroll
     for (int i = 0; i < FM; ++i) {
 #pragma unroll
@@ -392,10 +411,7 @@ struct WmmaPolicy {
         const int64_t m = m0 + wm * WM + i * 16 + r, n = n0 + wn * WN + j * 16 + c0;
         if (m < g.M) {
 #pragma unroll
-          for (int v = 0; v < 8; ++v) {
-            const int64_t nv = n + v < g.N ? n + v : g.N - 1;  // columns past N are computed, not stored
-            o.r[v] = E::fromf(epilogue_value<E, MODE>(stage[r * 16 + c0 + v], g, nv));
-          }
+          for (int v = 0; v < 8; ++v) o.r[v] = E::fromf(epilogue_value<E, MODE>(stage[r * 16 + c0 + v], bias[j][v]));
           if (g.c_vec && n + 8 <= g.N) {
             *reinterpret_cast<uint4*>(C + m * g.N + n) = o.v;
           } else {
@@ -554,7 +570,7 @@ __device__ __forceinline__ void splitk_reduce_body(const GemmArgs& g, int64_t i)
   const acc_t* w = static_cast<const acc_t*>(g.work) + m * g.work_ld + n;
   acc_t v = w[0];
   for (int s = 1; s < g.splits; ++s) v += w[s * g.work_slice];
-  static_cast<typename E::raw*>(g.c)[i] = E::fromf(epilogue_value<E, MODE>(v, g, n));
+  static_cast<typename E::raw*>(g.c)[i] = E::fromf(epilogue_value<E, MODE>(v, bias_at<E, MODE>(g, n)));
 }
 
 // ---------------------------------------------------------------------------------------------
