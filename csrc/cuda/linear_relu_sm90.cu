@@ -821,32 +821,56 @@ __global__ void sm90_db_kernel(const float* partial, int64_t R, int64_t N, uint1
 
 // ---- host side ------------------------------------------------------------------------------------------
 
-std::atomic<int> g_mode{-1};  // -1: follow TWOLAYER_OPS_SM90; 0: off; 1: on (set_mode)
-std::atomic<int> g_tf32{-1};  // -1: follow TWOLAYER_OPS_SM90_TF32; 0: off; 1: on (set_tf32)
-std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
-std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
-std::atomic<int> g_tma_store{-1};  // -1: follow TWOLAYER_OPS_SM90_TMA_STORE; 0: off; 1: on (set_tma_store)
-std::atomic<int> g_wide_stores{-1};  // -1: follow TWOLAYER_OPS_SM90_WIDE_STORES; 0: off; 1: on (set_wide_stores)
-std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
-    g_wide_store_launches{0};
-constexpr int kMaxDevices = 64;
-std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
-
-// Whether the environment variable `name` is set to `value` (each caller reads it once, at its first call).
+// Whether the environment variable `name` is set to `value`.
 bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
   return v != nullptr && std::strcmp(v, value) == 0;
 }
 
-bool env_enabled() {  // on unless TWOLAYER_OPS_SM90=0
-  static const bool on = !env_is("TWOLAYER_OPS_SM90", "0");
-  return on;
-}
+// An on/off switch: its environment variable, read once at the first use (a switch on by default is
+// off only when it reads "0"; one off by default is on only when it reads "1"), unless its set_* op
+// overrides it (-1: back to the variable, 0: off, 1: on).
+class Switch {
+ public:
+  constexpr Switch(const char* name, const char* op, bool on_by_default)
+      : name_(name), op_(op), on_by_default_(on_by_default) {}
 
-bool tf32_env_enabled() {  // on unless TWOLAYER_OPS_SM90_TF32=0
-  static const bool on = !env_is("TWOLAYER_OPS_SM90_TF32", "0");
-  return on;
-}
+  bool env_on() {
+    int v = env_.load(std::memory_order_relaxed);
+    if (v < 0) {
+      v = on_by_default_ ? !env_is(name_, "0") : env_is(name_, "1");
+      env_.store(v);
+    }
+    return v == 1;
+  }
+  bool on() {
+    const int mode = mode_.load(std::memory_order_relaxed);
+    return mode < 0 ? env_on() : mode == 1;
+  }
+  int mode() const { return mode_.load(); }
+  void set(int64_t mode) {
+    TORCH_CHECK(mode >= -1 && mode <= 1, "twolayer_ops_sm90.", op_, ": mode must be -1 (env), 0 (off) or 1 (on), got ",
+                mode);
+    mode_.store(int(mode));
+  }
+
+ private:
+  const char* name_;  // the environment variable
+  const char* op_;    // the set_* op, for its error message
+  bool on_by_default_;
+  std::atomic<int> env_{-1}, mode_{-1};  // env_: the variable once read (0 or 1)
+};
+
+Switch g_path{"TWOLAYER_OPS_SM90", "set_mode", true};
+Switch g_tf32{"TWOLAYER_OPS_SM90_TF32", "set_tf32", true};
+Switch g_tma_store{"TWOLAYER_OPS_SM90_TMA_STORE", "set_tma_store", false};
+Switch g_wide_stores{"TWOLAYER_OPS_SM90_WIDE_STORES", "set_wide_stores", false};
+std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
+std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
+std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
+    g_wide_store_launches{0};
+constexpr int kMaxDevices = 64;
+std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
 int cluster_env() {  // 2 when TWOLAYER_OPS_SM90_CLUSTER=2, else 1 (no clusters)
   static const int blocks = env_is("TWOLAYER_OPS_SM90_CLUSTER", "2") ? 2 : 1;
@@ -858,31 +882,6 @@ int cluster_setting() {
   return mode < 0 ? cluster_env() : mode;
 }
 
-bool tma_store_env() {  // on when TWOLAYER_OPS_SM90_TMA_STORE=1
-  static const bool on = env_is("TWOLAYER_OPS_SM90_TMA_STORE", "1");
-  return on;
-}
-
-bool tma_store_enabled() {
-  const int mode = g_tma_store.load(std::memory_order_relaxed);
-  return mode < 0 ? tma_store_env() : mode == 1;
-}
-
-bool wide_stores_env() {  // on when TWOLAYER_OPS_SM90_WIDE_STORES=1
-  static const bool on = env_is("TWOLAYER_OPS_SM90_WIDE_STORES", "1");
-  return on;
-}
-
-bool wide_stores_enabled() {
-  const int mode = g_wide_stores.load(std::memory_order_relaxed);
-  return mode < 0 ? wide_stores_env() : mode == 1;
-}
-
-bool tf32_enabled() {
-  const int mode = g_tf32.load(std::memory_order_relaxed);
-  return mode < 0 ? tf32_env_enabled() : mode == 1;
-}
-
 // The path's element type for t, or -1: float16, bfloat16, and float32 when torch allows TF32 matmuls
 // (torch.backends.cuda.matmul.allow_tf32) and the TF32 switch is on.
 int element_type(const at::Tensor& t) {
@@ -892,15 +891,10 @@ int element_type(const at::Tensor& t) {
     case at::kBFloat16:
       return kBF16;
     case at::kFloat:
-      return tf32_enabled() && at::globalContext().allowTF32CuBLAS() ? kTF32 : -1;
+      return g_tf32.on() && at::globalContext().allowTF32CuBLAS() ? kTF32 : -1;
     default:
       return -1;
   }
-}
-
-bool path_enabled() {
-  const int mode = g_mode.load(std::memory_order_relaxed);
-  return mode < 0 ? env_enabled() : mode == 1;
 }
 
 // 1 when `device` is compute capability 9.0 and runs the sm_90a image of this file; 2 when not;
@@ -990,7 +984,7 @@ int path_element_type(const at::Tensor& x2, int64_t M, int64_t N, int64_t K) {
   if (dt < 0) return -1;
   if (M <= 0 || N <= 0 || K <= 0 || M >= kMaxExtent || N >= kMaxExtent || K >= kMaxExtent) return -1;
   if (double(M) * double(N) * double(K) < double(int64_t(1) << 24)) return -1;  // small: portable path
-  if (!x2.is_cuda() || !path_enabled()) return -1;
+  if (!x2.is_cuda() || !g_path.on()) return -1;
   return probe_device(x2.get_device()) == 1 ? dt : -1;
 }
 
@@ -1068,11 +1062,11 @@ void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, in
   CUtensorMap mc;
   std::memset(&mc, 0, sizeof(mc));
   const int64_t esize = DT == kTF32 ? 4 : 2;
-  a.tma_store = tma_store_enabled() && a.ldc * esize % 16 == 0 && reinterpret_cast<uintptr_t>(a.c) % 16 == 0 &&
+  a.tma_store = g_tma_store.on() && a.ldc * esize % 16 == 0 && reinterpret_cast<uintptr_t>(a.c) % 16 == 0 &&
                 make_map(&mc, a.c, DT, a.M, a.N, a.ldc, 0, 64);
   if (a.tma_store) g_tma_store_launches.fetch_add(1);
   // Else 16-byte stores from the registers where switched on, for 16-bit C with 16-byte aligned rows.
-  a.wide_stores = !a.tma_store && wide_stores_enabled() && esize == 2 && a.ldc % 8 == 0 &&
+  a.wide_stores = !a.tma_store && g_wide_stores.on() && esize == 2 && a.ldc % 8 == 0 &&
                   reinterpret_cast<uintptr_t>(a.c) % 16 == 0;
   if (a.wide_stores) g_wide_store_launches.fetch_add(1);
   const int tile_rows = (a.M + kBM - 1) / kBM;
@@ -1191,40 +1185,20 @@ std::vector<int64_t> info_op() {
     C10_CUDA_CHECK(cudaGetDevice(&device));
     probe = probe_device(device) == 1 ? 1 : 0;
   }
-  return {int64_t(g_mode.load()), int64_t(env_enabled()), probe, g_forward_calls.load(), g_backward_calls.load(),
-          int64_t(tf32_enabled()), int64_t(cluster_setting()), g_cluster_launches.load(),
-          int64_t(tma_store_enabled()), g_tma_store_launches.load(), int64_t(wide_stores_enabled()),
-          g_wide_store_launches.load()};
+  return {int64_t(g_path.mode()), int64_t(g_path.env_on()), probe, g_forward_calls.load(), g_backward_calls.load(),
+          int64_t(g_tf32.on()), int64_t(cluster_setting()), g_cluster_launches.load(), int64_t(g_tma_store.on()),
+          g_tma_store_launches.load(), int64_t(g_wide_stores.on()), g_wide_store_launches.load()};
 }
 
-void set_mode_op(int64_t mode) {
-  TORCH_CHECK(mode >= -1 && mode <= 1, "twolayer_ops_sm90.set_mode: mode must be -1 (env), 0 (off) or 1 (on), got ",
-              mode);
-  g_mode.store(int(mode));
-}
-
-void set_tf32_op(int64_t mode) {
-  TORCH_CHECK(mode >= -1 && mode <= 1,
-              "twolayer_ops_sm90.set_tf32: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
-  g_tf32.store(int(mode));
-}
+void set_mode_op(int64_t mode) { g_path.set(mode); }
+void set_tf32_op(int64_t mode) { g_tf32.set(mode); }
+void set_tma_store_op(int64_t mode) { g_tma_store.set(mode); }
+void set_wide_stores_op(int64_t mode) { g_wide_stores.set(mode); }
 
 void set_cluster_op(int64_t blocks) {
   TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
               "twolayer_ops_sm90.set_cluster: -1 (env), 1 (no clusters) or 2 (pairs of blocks), got ", blocks);
   g_cluster.store(int(blocks));
-}
-
-void set_tma_store_op(int64_t mode) {
-  TORCH_CHECK(mode >= -1 && mode <= 1,
-              "twolayer_ops_sm90.set_tma_store: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
-  g_tma_store.store(int(mode));
-}
-
-void set_wide_stores_op(int64_t mode) {
-  TORCH_CHECK(mode >= -1 && mode <= 1,
-              "twolayer_ops_sm90.set_wide_stores: mode must be -1 (env), 0 (off) or 1 (on), got ", mode);
-  g_wide_stores.store(int(mode));
 }
 
 void set_group_m_op(int64_t group_m) {
