@@ -460,8 +460,7 @@ def test_introspection_ops_without_a_gpu_run():
     ops = _sm90_ops()
     if ops is None:
         pytest.skip("extension built without CUDA")
-    (mode, env, probe, fwd, bwd, tf32, cluster, cluster_launches, tma_store, tma_store_launches, wide,
-     wide_launches) = ops.info()
+    mode, env, probe, fwd, bwd, _, cluster, cluster_launches, _, tma_store_launches, _, wide_launches = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -474,12 +473,6 @@ def test_introspection_ops_without_a_gpu_run():
         ops.set_group_m(-1)
     ops.set_group_m(8)
     ops.set_group_m(0)
-    assert tf32 == int(os.environ.get("TWOLAYER_OPS_SM90_TF32", "1") != "0")
-    with pytest.raises(RuntimeError, match="set_tf32: mode must be"):
-        ops.set_tf32(2)
-    ops.set_tf32(1)
-    assert ops.info()[5] == 1
-    ops.set_tf32(-1)
     assert cluster == (2 if os.environ.get("TWOLAYER_OPS_SM90_CLUSTER") == "2" else 1) and cluster_launches >= 0
     for bad in (0, 3, -2):
         with pytest.raises(RuntimeError, match="set_cluster: -1 .env., 1 .no clusters. or 2"):
@@ -488,20 +481,22 @@ def test_introspection_ops_without_a_gpu_run():
     assert ops.info()[6] == 2
     ops.set_cluster(-1)
     assert ops.info()[6] == cluster
-    assert tma_store == int(os.environ.get("TWOLAYER_OPS_SM90_TMA_STORE") == "1") and tma_store_launches >= 0
-    with pytest.raises(RuntimeError, match="set_tma_store: mode must be"):
-        ops.set_tma_store(2)
-    ops.set_tma_store(1)
-    assert ops.info()[8] == 1
-    ops.set_tma_store(-1)
-    assert ops.info()[8] == tma_store
-    assert wide == int(os.environ.get("TWOLAYER_OPS_SM90_WIDE_STORES") == "1") and wide_launches >= 0
-    with pytest.raises(RuntimeError, match="set_wide_stores: mode must be"):
-        ops.set_wide_stores(2)
-    ops.set_wide_stores(1)
-    assert ops.info()[10] == 1
-    ops.set_wide_stores(-1)
-    assert ops.info()[10] == wide
+    assert tma_store_launches >= 0 and wide_launches >= 0
+    # The on/off switches: (op, info() index, environment variable, on by default). A switch on by default
+    # is off when its variable reads "0"; one off by default is on when it reads "1".
+    for op, index, variable, default in (("set_tf32", 5, "TWOLAYER_OPS_SM90_TF32", True),
+                                         ("set_tma_store", 8, "TWOLAYER_OPS_SM90_TMA_STORE", False),
+                                         ("set_wide_stores", 10, "TWOLAYER_OPS_SM90_WIDE_STORES", False)):
+        from_env = ops.info()[index]
+        flipped = os.environ.get(variable) == ("0" if default else "1")
+        assert from_env == int(default != flipped), (variable, from_env)
+        with pytest.raises(RuntimeError, match=f"{op}: mode must be"):
+            getattr(ops, op)(2)
+        for mode in (1, 0):
+            getattr(ops, op)(mode)
+            assert ops.info()[index] == mode, op
+        getattr(ops, op)(-1)
+        assert ops.info()[index] == from_env, op
 
 
 def test_quad_transpose_hands_each_lane_a_column(emulation):
