@@ -686,7 +686,8 @@ __global__ void __launch_bounds__(kThreads, 1)
               for (int i = 0; i < 4; ++i) {
                 const int j = 4 * J + i;
                 const float2 b = tile_bias.pair(j);
-                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b.x), activate<RELU>(acc[4 * j + 2 * h + 1] + b.y));
+                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b.x),
+                                     activate<RELU>(acc[4 * j + 2 * h + 1] + b.y));
               }
               quad_transpose(w, q, [](uint32_t v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
               if (row_ok[h]) store_global_16(C + (row + 8 * h) * args.ldc + first + 32 * J, w[0], w[1], w[2], w[3]);
