@@ -5,7 +5,7 @@
 #          budget is spent: the CUDA tests (newest work first), then the steps of `more`: the kernel
 #          benchmark of the issue-6 shapes and the seed's layers, the same sm90 shapes under the GEMM
 #          variants that are off until timed (two-block clusters, the TMA-store epilogue, 16-byte
-#          register stores) and their memcheck, the seed's layers replayed from CUDA graphs (and under
+#          register stores, the merged backward) and their memcheck, the seed's layers replayed from CUDA graphs (and under
 #          the portable GEMMs' switches that are off until timed: deeper splits over K, float32's
 #          small-output tiles), ...
 #   more   (a second call on the same warm machine) every step of `all` after the tests, skipping the
@@ -93,17 +93,18 @@ summarize_tests() {  # -v names each test as it ends, so a run cut off by its ti
 HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096;float32:4096x4096x4096"
 SEED_CASES="float32:64x1000x100+64x100x10"
 # The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
-# TMA multicast; the TMA-store epilogue; both; 16-byte stores from the registers), one process each (the
-# switches are read once).
+# TMA multicast; the TMA-store epilogue; both; 16-byte stores from the registers; the backward's dX and dW
+# in one launch), one process each (the switches are read once).
 VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
 variant_kernels() {  # a variant that fails (a trap, a wrong result) does not keep the others from running
-  local spec status=0
-  for spec in "2 0 0 clusters" "1 1 0 tma_store" "2 1 0 clusters_tma_store" "1 0 1 wide_stores"; do
+  local spec name status=0
+  for spec in "clusters CLUSTER=2" "tma_store TMA_STORE=1" "clusters_tma_store CLUSTER=2 TMA_STORE=1" \
+      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1"; do
     set -- $spec
-    echo "== variant $4: TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2 TWOLAYER_OPS_SM90_WIDE_STORES=$3"
-    TWOLAYER_OPS_SM90_CLUSTER=$1 TWOLAYER_OPS_SM90_TMA_STORE=$2 TWOLAYER_OPS_SM90_WIDE_STORES=$3 "$PY" -m benchmarks.linear_relu \
-      --device cuda --cases "$VARIANT_CASES" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$4.csv" \
-      || status=1
+    name=$1; shift
+    echo "== variant $name: ${*/#/TWOLAYER_OPS_SM90_}"
+    env "${@/#/TWOLAYER_OPS_SM90_}" "$PY" -m benchmarks.linear_relu --device cuda --cases "$VARIANT_CASES" \
+      --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$name.csv" || status=1
   done
   return $status
 }
@@ -147,10 +148,10 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
   step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
     --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
-  step kernels_variants 190 bash -c variant_kernels
+  step kernels_variants 220 bash -c variant_kernels
   step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
-  step sanitize_sm90_wide_stores 45 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_WIDE_STORES=1 \
+  step sanitize_sm90_wide_merged 45 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_WIDE_STORES=1 TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_wide.json" ragged
   step kernels_graph 120 bash -c graph_kernels
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"

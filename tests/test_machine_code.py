@@ -34,7 +34,7 @@ def simt_gemms(kernels):
 
 
 def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
-    for k in named(sm90a, "sm90_gemm_kernel<"):
+    for k in named(sm90a, "sm90_gemm_kernel<") + named(sm90a, "sm90_gemm_pair_kernel<"):
         assert k.ops["HGMMA"] > 0, f"{k.name}: no HGMMA (wgmma), so no Hopper tensor-core path"
         assert k.ops["UTMALDG"] > 0, f"{k.name}: no UTMALDG, so its tiles are not loaded by TMA"
         assert k.ops["UTMASTG"] > 0, f"{k.name}: no UTMASTG, so it has no TMA-store epilogue"
@@ -46,14 +46,15 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
 def test_hopper_gemm_clusters_share_b_by_multicast(sm90a):
     """The two-block cluster instantiations (last template argument 2) load B by TMA multicast; the
     others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: their one
-    MEMBAR.ALL.GPU is the release before the blocks leave, none is in a K-step."""
-    gemms = named(sm90a, "sm90_gemm_kernel<")
-    pairs = [k for k in gemms if k.name.endswith(", 2>")]
-    assert len(pairs) == len(gemms) // 2, sorted(k.name for k in gemms)
+    MEMBAR.ALL.GPU is the release before the blocks leave, none is in a K-step. The same for the kernels
+    that run two products (sm90_gemm_pair_kernel, the merged backward)."""
+    gemms = named(sm90a, "sm90_gemm_kernel<") + named(sm90a, "sm90_gemm_pair_kernel<")
+    clustered = [k for k in gemms if k.name.endswith(", 2>")]
+    assert len(clustered) == len(gemms) // 2, sorted(k.name for k in gemms)
     for k in gemms:
         multicast = k.mnemonics["UTMALDG.2D.MULTICAST"]
-        assert (multicast > 0) == (k in pairs), (k.name, multicast)
-        assert k.mnemonics["MEMBAR.ALL.GPU"] == (k in pairs), (k.name, k.mnemonics["MEMBAR.ALL.GPU"])
+        assert (multicast > 0) == (k in clustered), (k.name, multicast)
+        assert k.mnemonics["MEMBAR.ALL.GPU"] == (k in clustered), (k.name, k.mnemonics["MEMBAR.ALL.GPU"])
         assert k.hot_loop_ops["MEMBAR"] == 0, k.name
 
 

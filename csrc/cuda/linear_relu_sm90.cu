@@ -41,6 +41,9 @@
 // Backward: one elementwise pass writes Gm = (out <= 0 ? 0 : grad_out) once (M x N, contiguous) and,
 // when db is wanted, per-block float32 column partial sums; a second tiny kernel adds the partials of
 // each column in a fixed order (deterministic, no atomics). The two GEMMs then read Gm through TMA.
+// Optionally (set_merged_backward(1), TWOLAYER_OPS_SM90_MERGED_BACKWARD=1; off until timed) they run in
+// one persistent launch (sm90_gemm_pair_kernel), their tiles one sequence, so that they end on one
+// partial wave instead of one each (about 3% of the backward's GEMMs at the issue's shapes).
 // Why the extra pass rather than masking G as it is loaded: with TMA + wgmma the tiles go from global
 // memory to shared memory to the tensor cores without passing through registers, so a fused mask needs
 // either register-sourced A fragments (ldmatrix, mask, wgmma with A in registers; for dW the A operand
@@ -468,7 +471,265 @@ __device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint64_t desc_a, 
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// ---- the GEMM kernel -------------------------------------------------------------------------------
+// ---- the GEMM kernels -------------------------------------------------------------------------------
+
+// A block's shared memory (addresses in the shared window): the ring's A and B stages, the C boxes of
+// the TMA-store epilogue, and the ring's barriers (full[kStages], then empty[kStages]).
+struct Smem {
+  uint32_t sa, sb, sc, bars;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Carves the shared memory and initializes the ring's barriers, for every block of the cluster.
+template <int CL>
+__device__ __forceinline__ Smem start_block(unsigned char* smem_raw) {
+  // Stage buffers 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of 128 bytes.
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  Smem sm;
+  sm.sa = base;                                // kStages x A tile
+  sm.sb = sm.sa + kStages * kABytes;           // kStages x B tile
+  sm.sc = sm.sb + kStages * kBBytes;           // kConsumers x 2 C boxes (TMA-store epilogue)
+  sm.bars = sm.sc + kConsumers * 2 * kCBox;    // full[kStages], then empty[kStages]
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(sm.bars + 8 * s, 1);                                 // the producer's arrive.expect_tx
+      mbar_init(sm.bars + 8 * (kStages + s), CL * kConsumers * 4);  // each consumer warp of the cluster
+    }
+    fence_barrier_init();
+  }
+  if constexpr (CL > 1) {
+    cluster_sync<true>();  // the peer's barriers are initialized before any multicast or remote arrival
+  } else {
+    __syncthreads();
+  }
+  return sm;
+}
+
+// The end of a block: its TMA stores are done (they read its shared memory), and in a cluster it waits
+// for its peer, whose last arrivals target this block's barriers.
+template <int CL>
+__device__ __forceinline__ void finish_block(bool tma_store) {
+  if (tma_store && threadIdx.x % 128 == 0 && threadIdx.x >= 128) bulk_wait<0>();
+  if constexpr (CL > 1) cluster_sync<false>();
+}
+
+// The producer thread's part of output tile t (t counts tiles of CL blocks; this block takes tile-row
+// CL * row + rank): the tile's K-tiles into the ring, one stage after another.
+template <int DT, int TA, int TB, int CL>
+__device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUtensorMap& tma_b, const GemmArgs& args,
+                                             int t, int rank, const Smem& sm, int& stage, uint32_t& phase) {
+  int tm, tn;
+  tile_coords(t, args, tm, tn);
+  tm = tm * CL + rank;
+  const int m0 = tm * kBM, n0 = tn * kBN;
+  // MN-major operands load in 64-wide boxes, K-major B in CL parts of kBN / CL rows; boxes and
+  // parts wholly past M (or N) are not issued, nor A for a tile-row past M (the second block of a
+  // cluster on the last, odd tile-row: it loads its half of B for its peer and stores nothing).
+  const int a_rows = max(0, min(kBM, args.M - m0));
+  const int a_boxes = TA ? (a_rows + 63) / 64 : (a_rows > 0);
+  const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : min(CL, (args.N - n0 + kBN / CL - 1) / (kBN / CL));
+  const uint32_t bytes = uint32_t(a_boxes * (TA ? kBox : kABytes)) + uint32_t(b_boxes * (TB ? kBox : kBBytes / CL));
+  for (int kb = 0; kb < args.k_blocks; ++kb) {
+    const int k0 = kb * kBK<DT>;
+    const uint32_t full = sm.bars + 8 * stage, empty = sm.bars + 8 * (kStages + stage);
+    mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
+    mbar_arrive_expect_tx(full, bytes);
+    const uint32_t a_dst = sm.sa + stage * kABytes, b_dst = sm.sb + stage * kBBytes;
+    if constexpr (TA) {
+      for (int i = 0; i < a_boxes; ++i) tma_load_2d(a_dst + i * kBox, &tma_a, m0 + 64 * i, k0, full);
+    } else {
+      if (a_boxes) tma_load_2d(a_dst, &tma_a, k0, m0, full);
+    }
+    // B: box or part i goes to block i % CL, which multicasts it to the whole cluster.
+    constexpr uint32_t part = TB ? kBox : kBBytes / CL;
+    for (int i = rank; i < b_boxes; i += CL) {
+      const int c0 = TB ? n0 + 64 * i : k0, c1 = TB ? k0 : n0 + i * (kBN / CL);
+      if constexpr (CL > 1) {
+        tma_load_2d_multicast(b_dst + i * part, &tma_b, c0, c1, full, uint16_t((1u << CL) - 1));
+      } else {
+        tma_load_2d(b_dst + i * part, &tma_b, c0, c1, full);
+      }
+    }
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+}
+
+// A consumer warpgroup's part of output tile t (rows cw * 64 .. cw * 64 + 63 of it): wgmma on the ring,
+// then the epilogue.
+template <int DT, int TA, int TB, bool RELU, int CL>
+__device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMap& tma_c, const GemmArgs& args, int t,
+                                             int rank, int cw, const Smem& sm, int& stage, uint32_t& phase) {
+  using E = Elt<DT>;
+  using raw = typename E::raw;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // Hands stage s back to the producers: one arrival per warp on each block of the cluster.
+  const auto release = [&](int s) {
+    if constexpr (CL > 1) {
+      if (lane < CL) mbar_arrive_cluster(sm.bars + 8 * (kStages + s), uint32_t(lane));
+    } else {
+      if (lane == 0) mbar_arrive(sm.bars + 8 * (kStages + s));
+    }
+  };
+  int tm, tn;
+  tile_coords(t, args, tm, tn);
+  tm = tm * CL + rank;
+  // A cluster's second block on the last, odd tile-row has no A rows: it keeps every barrier step
+  // (its peer needs its arrivals) but issues no wgmma.
+  const bool has_rows = tm * kBM < args.M;
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  int prev = 0;
+  for (int kb = 0; kb < args.k_blocks; ++kb) {
+    mbar_wait(sm.bars + 8 * stage, phase);
+    // This warpgroup's 64 rows of A: 64 K-major rows of 128 bytes, or the cw-th 64 x 64 MN-major
+    // box; both start 8 KB in.
+    const uint32_t a_base = sm.sa + stage * kABytes + cw * 8192;
+    const uint32_t b_base = sm.sb + stage * kBBytes;
+    fence_acc(acc);
+    if (has_rows) {  // (no group is committed without it: the waits below then return at once)
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+        const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
+        const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
+        wgmma_m64n256<DT, TA, TB>(acc, da, db);
+      }
+      wgmma_commit();
+    }
+    fence_acc(acc);
+    if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
+      wgmma_wait<1>();
+      fence_acc(acc);
+      release(prev);
+    }
+    prev = stage;
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+  // Epilogue. Accumulator fragment of wgmma m64nNk16: acc[4j + 2h + e] is row
+  // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
+  const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
+  const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
+  TileBias<DT> tile_bias;
+  tile_bias.load(args, col);  // while the last wgmma batch runs
+  wgmma_wait<0>();
+  fence_acc(acc);
+  if (args.k_blocks > 0) release(prev);
+  const bool row_ok[2] = {row < args.M, row + 8 < args.M};
+  raw* const C = static_cast<raw*>(args.c);
+  if (args.tma_store) {
+    // Through shared memory and TMA: the warpgroup's 64 x 256 block leaves as boxes of 64 rows x 128
+    // bytes (64 16-bit or 32 float columns), staged in two 8 KB buffers that alternate. Each box:
+    // registers (+ bias, ReLU, cast) -> the buffer, in the 128-byte swizzle the map expects (16-byte
+    // chunk q of row r at chunk q ^ (r % 8): the 8 rows of a warp's store hit distinct banks) ->
+    // one TMA store, issued by the warpgroup's first thread. That thread waits for a buffer's
+    // previous store to have read it before the warpgroup rewrites it; the stores drain while the
+    // consumers run the next tile's mainloop. TMA clips what lies past M and N.
+    constexpr int kCols = kRowBytes / int(sizeof(raw));  // columns per box
+    const int wtid = threadIdx.x % 128;
+    const int m_box = tm * kBM + cw * 64;
+    const uint32_t bufs = sm.sc + cw * 2 * kCBox;
+    if (m_box < args.M) {  // uniform per warpgroup, as is every condition around a barrier below
+      if (wtid == 0) bulk_wait_read<0>();  // the previous tile's stores have read both buffers
+      named_barrier(1 + cw, 128);
+#pragma unroll
+      for (int box = 0; box < kBN / kCols; ++box) {
+        const int n_box = tn * kBN + box * kCols;
+        if (n_box >= args.N) break;
+        const uint32_t buf = bufs + (box % 2) * kCBox;
+        if (box >= 2) {  // this buffer's store two boxes ago has read it
+          if (wtid == 0) bulk_wait_read<1>();
+          named_barrier(1 + cw, 128);
+        }
+#pragma unroll
+        for (int jj = 0; jj < kCols / 8; ++jj) {
+          const int j = box * (kCols / 8) + jj;
+          const float2 b = tile_bias.pair(j);
+          const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+            const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
+            const uint32_t r = uint32_t(warp * 16 + lane / 4 + 8 * h);
+            store_pair_shared<DT>(buf + r * kRowBytes + (((byte >> 4) ^ (r & 7u)) << 4) + (byte & 15u), v0, v1);
+          }
+        }
+        fence_proxy_async_smem();
+        named_barrier(1 + cw, 128);
+        if (wtid == 0) {
+          tma_store_2d(&tma_c, buf, n_box, m_box);
+          bulk_commit();
+        }
+      }
+    }
+  } else if (DT != kTF32 && args.wide_stores && int64_t(tn + 1) * kBN <= args.N) {
+    if constexpr (DT != kTF32) {
+      // All 256 columns in range, rows 16-byte aligned: 16-byte stores of 16-bit C. A quad (the 4
+      // lanes of one accumulator row) holds 8-column runs 4J .. 4J + 3 as pairs, lane q columns
+      // 8j + 2q and 8j + 2q + 1; quad_transpose hands lane q the four pairs of run 4J + q. Each store
+      // of a warp then fills 64 contiguous bytes in each of its 8 rows (two whole 32-byte sectors),
+      // where a pair store fills 16 bytes a row (half a sector), four times as many stores.
+      const int q = lane % 4;
+      const int64_t first = int64_t(tn) * kBN + 8 * q;  // this lane's run when J = 0
+#pragma unroll
+      for (int J = 0; J < kBN / 32; ++J) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t w[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int j = 4 * J + i;
+            const float2 b = tile_bias.pair(j);
+            w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b.x),
+                                 activate<RELU>(acc[4 * j + 2 * h + 1] + b.y));
+          }
+          quad_transpose(w, q, [](uint32_t v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
+          if (row_ok[h]) store_global_16(C + (row + 8 * h) * args.ldc + first + 32 * J, w[0], w[1], w[2], w[3]);
+        }
+      }
+    }
+  } else if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
+    // All 256 columns in range: pair stores, unchecked.
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t n = col + 8 * j;
+      const float2 b = tile_bias.pair(j);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+        const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
+        if (row_ok[h]) store_pair<DT>(C + (row + 8 * h) * args.ldc + n, v0, v1);
+      }
+    }
+  } else {
+    // The last tile-column (or C rows that take no 4-byte stores): every column checked.
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t n = col + 8 * j;
+      const float2 b = tile_bias.pair(j);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
+        const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
+        if (row_ok[h]) {
+          raw* p = C + (row + 8 * h) * args.ldc + n;
+          if (args.pair_ok && n + 1 < args.N) {
+            store_pair<DT>(p, v0, v1);
+          } else {
+            if (n < args.N) p[0] = E::from_f(v0);
+            if (n + 1 < args.N) p[1] = E::from_f(v1);
+          }
+        }
+      }
+    }
+  }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // CL: blocks per cluster, 1 or 2. With 2, the two blocks of a cluster take vertically adjacent tiles
 // (tile-rows 2i and 2i + 1 of one tile-column), which read the same B tile: each block loads half of
@@ -480,262 +741,82 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
                      const __grid_constant__ CUtensorMap tma_c, const GemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using E = Elt<DT>;
-  using raw = typename E::raw;
-  extern __shared__ unsigned char smem_raw[];
-  // Stage buffers 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of 128 bytes.
-  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sa = base;                              // kStages x A tile
-  const uint32_t sb = sa + kStages * kABytes;            // kStages x B tile
-  const uint32_t sc = sb + kStages * kBBytes;            // kConsumers x 2 C boxes (TMA-store epilogue)
-  const uint32_t bars = sc + kConsumers * 2 * kCBox;     // full[kStages], then empty[kStages]
-  const int wg = threadIdx.x / 128;
   static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
+  extern __shared__ unsigned char smem_raw[];
+  const Smem sm = start_block<CL>(smem_raw);
   int rank = 0, cluster = int(blockIdx.x), clusters = int(gridDim.x);
   if constexpr (CL > 1) cluster_position(rank, cluster, clusters);
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(bars + 8 * s, 1);                                 // the producer's arrive.expect_tx
-      mbar_init(bars + 8 * (kStages + s), CL * kConsumers * 4);  // each consumer warp of the cluster
-    }
-    fence_barrier_init();
-  }
-  if constexpr (CL > 1) {
-    cluster_sync<true>();  // the peer's barriers are initialized before any multicast or remote arrival
-  } else {
-    __syncthreads();
-  }
-
-  // Cluster tiles: args.tiles_m counts rows of CL tiles; this block takes tile-row CL * row + rank.
   const int tiles = args.tiles_m * args.tiles_n;
-  if (wg == 0) {
+  int stage = 0;
+  uint32_t phase = 0;
+  if (threadIdx.x < 128) {
     // ---- producer warpgroup: one thread issues every TMA copy -------------------------------------
     setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x == 0) {
       prefetch_tmap(&tma_a);
       prefetch_tmap(&tma_b);
-      int stage = 0;
-      uint32_t phase = 0;
+      for (int t = cluster; t < tiles; t += clusters)
+        produce_tile<DT, TA, TB, CL>(tma_a, tma_b, args, t, rank, sm, stage, phase);
+    }
+  } else {
+    // ---- consumer warpgroups --------------------------------------------------------------------------
+    setmaxnreg_inc<kConsumerRegs>();
+    float acc[128];
+    for (int t = cluster; t < tiles; t += clusters)
+      consume_tile<DT, TA, TB, RELU, CL>(acc, tma_c, args, t, rank, threadIdx.x / 128 - 1, sm, stage, phase);
+  }
+  finish_block<CL>(args.tma_store);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
+}
+
+// Two products in one persistent launch (the backward's dX and dW; TWOLAYER_OPS_SM90_MERGED_BACKWARD=1):
+// tiles [0, tiles of product 1) are product 1's, the rest product 2's, and the blocks walk them as one
+// sequence, so the two products end on one partial wave instead of one each. Plain products (no bias,
+// no ReLU), each with its own operands, layouts (TA, TB) and C.
+template <int DT, int TA1, int TB1, int TA2, int TB2, int CL>
+__global__ void __launch_bounds__(kThreads, 1)
+    sm90_gemm_pair_kernel(const __grid_constant__ CUtensorMap tma_a1, const __grid_constant__ CUtensorMap tma_b1,
+                          const __grid_constant__ CUtensorMap tma_c1, const GemmArgs args1,
+                          const __grid_constant__ CUtensorMap tma_a2, const __grid_constant__ CUtensorMap tma_b2,
+                          const __grid_constant__ CUtensorMap tma_c2, const GemmArgs args2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
+  extern __shared__ unsigned char smem_raw[];
+  const Smem sm = start_block<CL>(smem_raw);
+  int rank = 0, cluster = int(blockIdx.x), clusters = int(gridDim.x);
+  if constexpr (CL > 1) cluster_position(rank, cluster, clusters);
+  const int tiles1 = args1.tiles_m * args1.tiles_n, tiles = tiles1 + args2.tiles_m * args2.tiles_n;
+  int stage = 0;
+  uint32_t phase = 0;
+  if (threadIdx.x < 128) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0) {
+      prefetch_tmap(&tma_a1);
+      prefetch_tmap(&tma_b1);
+      prefetch_tmap(&tma_a2);
+      prefetch_tmap(&tma_b2);
       for (int t = cluster; t < tiles; t += clusters) {
-        int tm, tn;
-        tile_coords(t, args, tm, tn);
-        tm = tm * CL + rank;
-        const int m0 = tm * kBM, n0 = tn * kBN;
-        // MN-major operands load in 64-wide boxes, K-major B in CL parts of kBN / CL rows; boxes and
-        // parts wholly past M (or N) are not issued, nor A for a tile-row past M (the second block of a
-        // cluster on the last, odd tile-row: it loads its half of B for its peer and stores nothing).
-        const int a_rows = max(0, min(kBM, args.M - m0));
-        const int a_boxes = TA ? (a_rows + 63) / 64 : (a_rows > 0);
-        const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : min(CL, (args.N - n0 + kBN / CL - 1) / (kBN / CL));
-        const uint32_t bytes = uint32_t(a_boxes * (TA ? kBox : kABytes)) + uint32_t(b_boxes * (TB ? kBox : kBBytes / CL));
-        for (int kb = 0; kb < args.k_blocks; ++kb) {
-          const int k0 = kb * kBK<DT>;
-          const uint32_t full = bars + 8 * stage, empty = bars + 8 * (kStages + stage);
-          mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
-          mbar_arrive_expect_tx(full, bytes);
-          const uint32_t a_dst = sa + stage * kABytes, b_dst = sb + stage * kBBytes;
-          if constexpr (TA) {
-            for (int i = 0; i < a_boxes; ++i) tma_load_2d(a_dst + i * kBox, &tma_a, m0 + 64 * i, k0, full);
-          } else {
-            if (a_boxes) tma_load_2d(a_dst, &tma_a, k0, m0, full);
-          }
-          // B: box or part i goes to block i % CL, which multicasts it to the whole cluster.
-          constexpr uint32_t part = TB ? kBox : kBBytes / CL;
-          for (int i = rank; i < b_boxes; i += CL) {
-            const int c0 = TB ? n0 + 64 * i : k0, c1 = TB ? k0 : n0 + i * (kBN / CL);
-            if constexpr (CL > 1) {
-              tma_load_2d_multicast(b_dst + i * part, &tma_b, c0, c1, full, uint16_t((1u << CL) - 1));
-            } else {
-              tma_load_2d(b_dst + i * part, &tma_b, c0, c1, full);
-            }
-          }
-          if (++stage == kStages) {
-            stage = 0;
-            phase ^= 1u;
-          }
+        if (t < tiles1) {
+          produce_tile<DT, TA1, TB1, CL>(tma_a1, tma_b1, args1, t, rank, sm, stage, phase);
+        } else {
+          produce_tile<DT, TA2, TB2, CL>(tma_a2, tma_b2, args2, t - tiles1, rank, sm, stage, phase);
         }
       }
     }
   } else {
-    // ---- consumer warpgroups: wgmma on the ring, then the epilogue ---------------------------------
     setmaxnreg_inc<kConsumerRegs>();
-    const int cw = wg - 1;  // rows cw * 64 .. cw * 64 + 63 of the tile
-    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     float acc[128];
-    int stage = 0;
-    uint32_t phase = 0;
-    // Hands stage s back to the producers: one arrival per warp on each block of the cluster.
-    const auto release = [&](int s) {
-      if constexpr (CL > 1) {
-        if (lane < CL) mbar_arrive_cluster(bars + 8 * (kStages + s), uint32_t(lane));
-      } else {
-        if (lane == 0) mbar_arrive(bars + 8 * (kStages + s));
-      }
-    };
+    const int cw = threadIdx.x / 128 - 1;
     for (int t = cluster; t < tiles; t += clusters) {
-      int tm, tn;
-      tile_coords(t, args, tm, tn);
-      tm = tm * CL + rank;
-      // A cluster's second block on the last, odd tile-row has no A rows: it keeps every barrier step
-      // (its peer needs its arrivals) but issues no wgmma.
-      const bool has_rows = tm * kBM < args.M;
-#pragma unroll
-      for (int i = 0; i < 128; ++i) acc[i] = 0.f;
-      int prev = 0;
-      for (int kb = 0; kb < args.k_blocks; ++kb) {
-        mbar_wait(bars + 8 * stage, phase);
-        // This warpgroup's 64 rows of A: 64 K-major rows of 128 bytes, or the cw-th 64 x 64 MN-major
-        // box; both start 8 KB in.
-        const uint32_t a_base = sa + stage * kABytes + cw * 8192;
-        const uint32_t b_base = sb + stage * kBBytes;
-        fence_acc(acc);
-        if (has_rows) {  // (no group is committed without it: the waits below then return at once)
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-            const uint64_t da = make_desc(a_base + kk * (TA ? 2048 : 32), TA ? 8192 : 16, 1024);
-            const uint64_t db = make_desc(b_base + kk * (TB ? 2048 : 32), TB ? 8192 : 16, 1024);
-            wgmma_m64n256<DT, TA, TB>(acc, da, db);
-          }
-          wgmma_commit();
-        }
-        fence_acc(acc);
-        if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
-          wgmma_wait<1>();
-          fence_acc(acc);
-          release(prev);
-        }
-        prev = stage;
-        if (++stage == kStages) {
-          stage = 0;
-          phase ^= 1u;
-        }
-      }
-      // Epilogue. Accumulator fragment of wgmma m64nNk16: acc[4j + 2h + e] is row
-      // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
-      const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
-      const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
-      TileBias<DT> tile_bias;
-      tile_bias.load(args, col);  // while the last wgmma batch runs
-      wgmma_wait<0>();
-      fence_acc(acc);
-      if (args.k_blocks > 0) release(prev);
-      const bool row_ok[2] = {row < args.M, row + 8 < args.M};
-      raw* const C = static_cast<raw*>(args.c);
-      if (args.tma_store) {
-        // Through shared memory and TMA: the warpgroup's 64 x 256 block leaves as boxes of 64 rows x 128
-        // bytes (64 16-bit or 32 float columns), staged in two 8 KB buffers that alternate. Each box:
-        // registers (+ bias, ReLU, cast) -> the buffer, in the 128-byte swizzle the map expects (16-byte
-        // chunk q of row r at chunk q ^ (r % 8): the 8 rows of a warp's store hit distinct banks) ->
-        // one TMA store, issued by the warpgroup's first thread. That thread waits for a buffer's
-        // previous store to have read it before the warpgroup rewrites it; the stores drain while the
-        // consumers run the next tile's mainloop. TMA clips what lies past M and N.
-        constexpr int kCols = kRowBytes / int(sizeof(raw));  // columns per box
-        const int wtid = threadIdx.x % 128;
-        const int m_box = tm * kBM + cw * 64;
-        const uint32_t bufs = sc + cw * 2 * kCBox;
-        if (m_box < args.M) {  // uniform per warpgroup, as is every condition around a barrier below
-          if (wtid == 0) bulk_wait_read<0>();  // the previous tile's stores have read both buffers
-          named_barrier(1 + cw, 128);
-#pragma unroll
-          for (int box = 0; box < kBN / kCols; ++box) {
-            const int n_box = tn * kBN + box * kCols;
-            if (n_box >= args.N) break;
-            const uint32_t buf = bufs + (box % 2) * kCBox;
-            if (box >= 2) {  // this buffer's store two boxes ago has read it
-              if (wtid == 0) bulk_wait_read<1>();
-              named_barrier(1 + cw, 128);
-            }
-#pragma unroll
-            for (int jj = 0; jj < kCols / 8; ++jj) {
-              const int j = box * (kCols / 8) + jj;
-              const float2 b = tile_bias.pair(j);
-              const uint32_t byte = uint32_t(8 * jj + 2 * (lane % 4)) * uint32_t(sizeof(raw));  // in the row
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
-                const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
-                const uint32_t r = uint32_t(warp * 16 + lane / 4 + 8 * h);
-                store_pair_shared<DT>(buf + r * kRowBytes + (((byte >> 4) ^ (r & 7u)) << 4) + (byte & 15u), v0, v1);
-              }
-            }
-            fence_proxy_async_smem();
-            named_barrier(1 + cw, 128);
-            if (wtid == 0) {
-              tma_store_2d(&tma_c, buf, n_box, m_box);
-              bulk_commit();
-            }
-          }
-        }
-      } else if (DT != kTF32 && args.wide_stores && int64_t(tn + 1) * kBN <= args.N) {
-        if constexpr (DT != kTF32) {
-          // All 256 columns in range, rows 16-byte aligned: 16-byte stores of 16-bit C. A quad (the 4
-          // lanes of one accumulator row) holds 8-column runs 4J .. 4J + 3 as pairs, lane q columns
-          // 8j + 2q and 8j + 2q + 1; quad_transpose hands lane q the four pairs of run 4J + q. Each store
-          // of a warp then fills 64 contiguous bytes in each of its 8 rows (two whole 32-byte sectors),
-          // where a pair store fills 16 bytes a row (half a sector), four times as many stores.
-          const int q = lane % 4;
-          const int64_t first = int64_t(tn) * kBN + 8 * q;  // this lane's run when J = 0
-#pragma unroll
-          for (int J = 0; J < kBN / 32; ++J) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              uint32_t w[4];
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                const int j = 4 * J + i;
-                const float2 b = tile_bias.pair(j);
-                w[i] = pack_pair<DT>(activate<RELU>(acc[4 * j + 2 * h] + b.x),
-                                     activate<RELU>(acc[4 * j + 2 * h + 1] + b.y));
-              }
-              quad_transpose(w, q, [](uint32_t v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
-              if (row_ok[h]) store_global_16(C + (row + 8 * h) * args.ldc + first + 32 * J, w[0], w[1], w[2], w[3]);
-            }
-          }
-        }
-      } else if (args.pair_ok && int64_t(tn + 1) * kBN <= args.N) {
-        // All 256 columns in range: pair stores, unchecked.
-#pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          const int64_t n = col + 8 * j;
-          const float2 b = tile_bias.pair(j);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
-            const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
-            if (row_ok[h]) store_pair<DT>(C + (row + 8 * h) * args.ldc + n, v0, v1);
-          }
-        }
+      if (t < tiles1) {
+        consume_tile<DT, TA1, TB1, false, CL>(acc, tma_c1, args1, t, rank, cw, sm, stage, phase);
       } else {
-        // The last tile-column (or C rows that take no 4-byte stores): every column checked.
-#pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          const int64_t n = col + 8 * j;
-          const float2 b = tile_bias.pair(j);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float v0 = activate<RELU>(acc[4 * j + 2 * h] + b.x);
-            const float v1 = activate<RELU>(acc[4 * j + 2 * h + 1] + b.y);
-            if (row_ok[h]) {
-              raw* p = C + (row + 8 * h) * args.ldc + n;
-              if (args.pair_ok && n + 1 < args.N) {
-                store_pair<DT>(p, v0, v1);
-              } else {
-                if (n < args.N) p[0] = E::from_f(v0);
-                if (n + 1 < args.N) p[1] = E::from_f(v1);
-              }
-            }
-          }
-        }
+        consume_tile<DT, TA2, TB2, false, CL>(acc, tma_c2, args2, t - tiles1, rank, cw, sm, stage, phase);
       }
     }
   }
-  // The TMA stores are done before the block leaves (they read its shared memory).
-  if (args.tma_store && threadIdx.x % 128 == 0 && wg > 0) bulk_wait<0>();
-  // A block leaves only once its peer is done: the peer's last arrivals target this block's barriers.
-  if constexpr (CL > 1) cluster_sync<false>();
-#endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
+  finish_block<CL>(args1.tma_store || args2.tma_store);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
 // Which image of this file the driver loaded: 1 for sm_90a, 2 for anything else.
@@ -866,10 +947,11 @@ Switch g_path{"TWOLAYER_OPS_SM90", "set_mode", true};
 Switch g_tf32{"TWOLAYER_OPS_SM90_TF32", "set_tf32", true};
 Switch g_tma_store{"TWOLAYER_OPS_SM90_TMA_STORE", "set_tma_store", false};
 Switch g_wide_stores{"TWOLAYER_OPS_SM90_WIDE_STORES", "set_wide_stores", false};
+Switch g_merged_backward{"TWOLAYER_OPS_SM90_MERGED_BACKWARD", "set_merged_backward", false};
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
 std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
-    g_wide_store_launches{0};
+    g_wide_store_launches{0}, g_merged_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -999,13 +1081,12 @@ int sm_count(int device) {
   return n;
 }
 
-// Raises the kernel's dynamic shared-memory limit to kSmemBytes, once per device.
-template <int DT, int TA, int TB, bool RELU, int CL>
+// Raises KERNEL's dynamic shared-memory limit to kSmemBytes, once per device.
+template <auto KERNEL>
 void allow_smem(int device) {
   static std::atomic<uint64_t> done{0};  // one bit per device
   if (!(done.load() >> device & 1)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(sm90_gemm_kernel<DT, TA, TB, RELU, CL>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     done.fetch_or(uint64_t(1) << device);
   }
 }
@@ -1031,7 +1112,7 @@ int max_pair_clusters(int device) {
   static std::atomic<int> known[kMaxDevices];  // count + 1, 0 until asked
   int n = known[device].load();
   if (n == 0) {
-    allow_smem<kBF16, 0, 0, true, 2>(device);
+    allow_smem<sm90_gemm_kernel<kBF16, 0, 0, true, 2>>(device);
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
         launch_config(2 * sm_count(device), 2, c10::cuda::getCurrentCUDAStream(device), &attr);
@@ -1054,13 +1135,12 @@ int cluster_blocks(int64_t rows, int device) {
   return max_pair_clusters(device) > 0 ? 2 : 1;
 }
 
-template <int DT, int TA, int TB, bool RELU, int CL>
-void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
-  auto kernel = sm90_gemm_kernel<DT, TA, TB, RELU, CL>;
-  allow_smem<DT, TA, TB, RELU, CL>(device);
+// Fills a's launch fields (the epilogue's stores, the tile counts, K-tiles and group height) for
+// clusters of CL blocks, and C's tensor map where the TMA-store epilogue takes it. Returns a's tiles.
+template <int DT, int CL>
+int plan_gemm(GemmArgs& a, CUtensorMap& mc) {
   // The TMA-store epilogue where it is switched on and C's rows suit TMA (16-byte aligned, 16-byte row
   // stride); else the stores straight from the accumulators.
-  CUtensorMap mc;
   std::memset(&mc, 0, sizeof(mc));
   const int64_t esize = DT == kTF32 ? 4 : 2;
   a.tma_store = g_tma_store.on() && a.ldc * esize % 16 == 0 && reinterpret_cast<uintptr_t>(a.c) % 16 == 0 &&
@@ -1076,17 +1156,30 @@ void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, in
   a.k_blocks = (a.K + kBK<DT> - 1) / kBK<DT>;
   const int group_m = g_group_m.load(std::memory_order_relaxed);
   a.group_m = std::max(1, (group_m > 0 ? group_m : kGroupM) / CL);
-  const int tiles = a.tiles_m * a.tiles_n;
+  return a.tiles_m * a.tiles_n;
+}
+
+// Launches KERNEL on a persistent grid for `tiles` tiles (of CL blocks): a block, or a cluster, per SM.
+template <auto KERNEL, int CL, typename... Args>
+void launch_persistent(int tiles, int device, const Args&... args) {
+  allow_smem<KERNEL>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   if constexpr (CL == 1) {
-    kernel<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(ma, mb, mc, a);
+    KERNEL<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg = launch_config(CL * std::min(tiles, max_pair_clusters(device)), CL, stream, &attr);
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ma, mb, mc, a));
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, KERNEL, args...));
     g_cluster_launches.fetch_add(1);
   }
+}
+
+template <int DT, int TA, int TB, bool RELU, int CL>
+void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
+  CUtensorMap mc;
+  const int tiles = plan_gemm<DT, CL>(a, mc);
+  launch_persistent<sm90_gemm_kernel<DT, TA, TB, RELU, CL>, CL>(tiles, device, ma, mb, mc, a);
 }
 
 template <int DT, int TA, int TB, bool RELU>
@@ -1095,6 +1188,29 @@ void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, const GemmArgs& a
     launch_gemm_cl<DT, TA, TB, RELU, 2>(ma, mb, a, device);
   } else {
     launch_gemm_cl<DT, TA, TB, RELU, 1>(ma, mb, a, device);
+  }
+}
+
+// The backward's two products, dX (A1, B1 -> a1) and dW (A2, B2 -> a2): one persistent launch where
+// TWOLAYER_OPS_SM90_MERGED_BACKWARD is on and both run in clusters of the same size, else one each.
+template <int DT, int TA1, int TB1, int TA2, int TB2>
+void launch_gemm_pair(const CUtensorMap& ma1, const CUtensorMap& mb1, GemmArgs a1, int cl1, const CUtensorMap& ma2,
+                      const CUtensorMap& mb2, GemmArgs a2, int cl2, int device) {
+  if (!g_merged_backward.on() || cl1 != cl2) {
+    launch_gemm<DT, TA1, TB1, false>(ma1, mb1, a1, device, cl1);
+    launch_gemm<DT, TA2, TB2, false>(ma2, mb2, a2, device, cl2);
+    return;
+  }
+  CUtensorMap mc1, mc2;
+  g_merged_launches.fetch_add(1);
+  if (cl1 == 2) {
+    const int tiles = plan_gemm<DT, 2>(a1, mc1) + plan_gemm<DT, 2>(a2, mc2);
+    launch_persistent<sm90_gemm_pair_kernel<DT, TA1, TB1, TA2, TB2, 2>, 2>(tiles, device, ma1, mb1, mc1, a1, ma2, mb2,
+                                                                          mc2, a2);
+  } else {
+    const int tiles = plan_gemm<DT, 1>(a1, mc1) + plan_gemm<DT, 1>(a2, mc2);
+    launch_persistent<sm90_gemm_pair_kernel<DT, TA1, TB1, TA2, TB2, 1>, 1>(tiles, device, ma1, mb1, mc1, a1, ma2, mb2,
+                                                                          mc2, a2);
   }
 }
 
@@ -1168,8 +1284,14 @@ bool tf32_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor&
                  !make_map(&dw_b, xt.const_data_ptr(), kTF32, K, M, M, 0, kBN / cl_dw)))
     return false;
   if (run_db) grad_b.copy_(gm.sum(0));
-  if (run_dx) launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device, cl_dx);
-  if (run_dw) launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device, cl_dw);
+  if (run_dx && run_dw) {
+    launch_gemm_pair<kTF32, 0, 0, 0, 0>(dx_a, dx_b, out_args(grad_x, M, K, N), cl_dx, dw_a, dw_b,
+                                        out_args(grad_w, N, K, M), cl_dw, device);
+  } else if (run_dx) {
+    launch_gemm<kTF32, 0, 0, false>(dx_a, dx_b, out_args(grad_x, M, K, N), device, cl_dx);
+  } else if (run_dw) {
+    launch_gemm<kTF32, 0, 0, false>(dw_a, dw_b, out_args(grad_w, N, K, M), device, cl_dw);
+  }
   g_backward_calls.fetch_add(1);
   return true;
 }
@@ -1188,13 +1310,15 @@ std::vector<int64_t> info_op() {
   }
   return {int64_t(g_path.mode()), int64_t(g_path.env_on()), probe, g_forward_calls.load(), g_backward_calls.load(),
           int64_t(g_tf32.on()), int64_t(cluster_setting()), g_cluster_launches.load(), int64_t(g_tma_store.on()),
-          g_tma_store_launches.load(), int64_t(g_wide_stores.on()), g_wide_store_launches.load()};
+          g_tma_store_launches.load(), int64_t(g_wide_stores.on()), g_wide_store_launches.load(),
+          int64_t(g_merged_backward.on()), g_merged_launches.load()};
 }
 
 void set_mode_op(int64_t mode) { g_path.set(mode); }
 void set_tf32_op(int64_t mode) { g_tf32.set(mode); }
 void set_tma_store_op(int64_t mode) { g_tma_store.set(mode); }
 void set_wide_stores_op(int64_t mode) { g_wide_stores.set(mode); }
+void set_merged_backward_op(int64_t mode) { g_merged_backward.set(mode); }
 
 void set_cluster_op(int64_t blocks) {
   TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
@@ -1270,15 +1394,21 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
   } else {
     launch_mask_and_db<kF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
   }
-  if (run_dx) {
+  if (run_dx && run_dw) {
+    const GemmArgs a1 = out_args(grad_x, M, K, N), a2 = out_args(grad_w, N, K, M);
+    if (bf16) {
+      launch_gemm_pair<kBF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device);
+    } else {
+      launch_gemm_pair<kF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device);
+    }
+  } else if (run_dx) {
     const GemmArgs a = out_args(grad_x, M, K, N);
     if (bf16) {
       launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
     } else {
       launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
     }
-  }
-  if (run_dw) {
+  } else {
     const GemmArgs a = out_args(grad_w, N, K, M);
     if (bf16) {
       launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw);
@@ -1294,7 +1424,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 }  // namespace twolayer_ops
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
-// cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches]. See sm90.h.
+// cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward,
+// merged launches]. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
@@ -1304,6 +1435,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 // 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_wide_stores(m): 16-byte stores from the registers (where TMA does not
 // store C); -1 follow TWOLAYER_OPS_SM90_WIDE_STORES, 0 off, 1 on.
+// torch.ops.twolayer_ops_sm90.set_merged_backward(m): the backward's dX and dW in one launch; -1 follow
+// TWOLAYER_OPS_SM90_MERGED_BACKWARD, 0 off, 1 on.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
@@ -1312,4 +1445,5 @@ TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("set_cluster(int blocks) -> ()", &twolayer_ops::sm90::set_cluster_op);
   m.def("set_tma_store(int mode) -> ()", &twolayer_ops::sm90::set_tma_store_op);
   m.def("set_wide_stores(int mode) -> ()", &twolayer_ops::sm90::set_wide_stores_op);
+  m.def("set_merged_backward(int mode) -> ()", &twolayer_ops::sm90::set_merged_backward_op);
 }
