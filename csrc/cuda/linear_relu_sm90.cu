@@ -1191,12 +1191,20 @@ void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, const GemmArgs& a
   }
 }
 
+// The tile count fits the kernel's int tile index, with room for t + gridDim.x.
+bool tiles_fit(int64_t M, int64_t N) {
+  return ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN) <= int64_t(INT_MAX) - 4096;
+}
+
 // The backward's two products, dX (A1, B1 -> a1) and dW (A2, B2 -> a2): one persistent launch where
-// TWOLAYER_OPS_SM90_MERGED_BACKWARD is on and both run in clusters of the same size, else one each.
+// TWOLAYER_OPS_SM90_MERGED_BACKWARD is on, both run in clusters of the same size and their tiles
+// together fit the tile index; else one launch each.
 template <int DT, int TA1, int TB1, int TA2, int TB2>
 void launch_gemm_pair(const CUtensorMap& ma1, const CUtensorMap& mb1, GemmArgs a1, int cl1, const CUtensorMap& ma2,
                       const CUtensorMap& mb2, GemmArgs a2, int cl2, int device) {
-  if (!g_merged_backward.on() || cl1 != cl2) {
+  const int64_t m_rows = (int64_t(a1.M) + kBM - 1) / kBM + (int64_t(a2.M) + kBM - 1) / kBM;
+  const int64_t n_cols = (int64_t(std::max(a1.N, a2.N)) + kBN - 1) / kBN;
+  if (!g_merged_backward.on() || cl1 != cl2 || !tiles_fit(m_rows * kBM, n_cols * kBN)) {
     launch_gemm<DT, TA1, TB1, false>(ma1, mb1, a1, device, cl1);
     launch_gemm<DT, TA2, TB2, false>(ma2, mb2, a2, device, cl2);
     return;
@@ -1212,11 +1220,6 @@ void launch_gemm_pair(const CUtensorMap& ma1, const CUtensorMap& mb1, GemmArgs a
     launch_persistent<sm90_gemm_pair_kernel<DT, TA1, TB1, TA2, TB2, 1>, 1>(tiles, device, ma1, mb1, mc1, a1, ma2, mb2,
                                                                           mc2, a2);
   }
-}
-
-// The tile count fits the kernel's int tile index, with room for t + gridDim.x.
-bool tiles_fit(int64_t M, int64_t N) {
-  return ((M + kBM - 1) / kBM) * ((N + kBN - 1) / kBN) <= int64_t(INT_MAX) - 4096;
 }
 
 template <int DT>
