@@ -413,7 +413,7 @@ def test_sm90_path_variants(tmp_path, variant):
     """Every case again under each GEMM variant that is off by default: two-block clusters (odd tile-row
     counts leave a cluster's second block past M; B tiles half past N; the MN-major backward operands;
     TF32), the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
-    store, keeps the register stores) and the 16-byte stores (16-bit C; rows past M; the last tile-column
+    store, keeps the register stores), the 16-byte stores (16-bit C; rows past M; the last tile-column
     and rows not 16-byte aligned keep the pair stores) and the merged backward (dX and dW tiles in one
     grid). One test per variant, so one process runs each worker."""
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
