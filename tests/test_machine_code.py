@@ -90,10 +90,23 @@ def test_hopper_16bit_gemms_have_the_wide_store_epilogue(sm90a):
 
 def test_hopper_gemm_loads_a_tiles_bias_in_pairs(sm90a):
     """The epilogue's bias (TileBias): where it is contiguous, each consumer thread loads its 32 column
-    pairs of a tile in 32 loads, a 4-byte word of two 16-bit values or 8 bytes of two floats."""
+    pairs of a tile in 32 loads, a 4-byte word of two 16-bit values or 8 bytes of two floats. Every
+    global load of a consumer comes before its wait for the tile's last wgmma batch (wait_group 0), so
+    no load latency falls between that wait and the stores."""
     for dt, pair_load in (("0", "LDG.E"), ("1", "LDG.E"), ("2", "LDG.E.64")):
         for k in named(sm90a, f"sm90_gemm_kernel<{dt},"):
             assert k.mnemonics[pair_load] >= 32, (k.name, k.mnemonics[pair_load])
+    for k in named(sm90a, "sm90_gemm_kernel<") + named(sm90a, "sm90_gemm_pair_kernel<"):
+        waited, late = False, []
+        for ins in k.code:
+            if ins.opcode == "WARPGROUP" and ins.suffix.startswith(".DEPBAR") and \
+                    ins.operands.strip().startswith("gsb0, 0x0"):
+                waited = True
+            elif ins.opcode == "HGMMA":
+                waited = False
+            elif ins.opcode == "LDG" and waited:
+                late.append(hex(ins.address))
+        assert not late, f"{k.name}: global loads after the last wgmma wait at {late[:8]}"
 
 
 def test_no_local_memory_in_the_hopper_simt_and_fused_step_kernels(sm90a):
