@@ -1,7 +1,8 @@
-// float32 GEMMs for small CPU problems, on the AVX2 kernels of cpu_gemm_avx2.cpp, split over ATen's
-// threads. linear and matmul return false, touching nothing, where they do not apply (another dtype
-// or layout, a problem large enough that BLAS wins, or a CPU without AVX2 and FMA); mm and addmm_
-// fall back to BLAS themselves.
+// float32 GEMMs for small CPU problems, on the register-blocked kernels of the best vector ISA the CPU
+// has (AVX-512 or AVX2, cpu_gemm_isa.h), split over ATen's threads. linear and matmul return false,
+// touching nothing, where they do not apply (another dtype or layout, a problem large enough that BLAS
+// wins, a CPU without AVX2 and FMA, or TWOLAYER_OPS_CPU_ISA=none); mm and addmm_ fall back to BLAS
+// themselves.
 #pragma once
 
 #include <ATen/core/Tensor.h>
