@@ -19,7 +19,7 @@ IN_USE, BEST = range(2)  # the entries of torch.ops.twolayer_ops_cpu.info()
 
 # Rows, columns and depths around both ISAs' block sizes (rows 3, 4, 6, 8; forward columns 4, 6;
 # backward columns, which run along K, 16 and 48; K steps 8 and 16).
-ROWS = [1, 2, 3, 4, 5, 7, 8, 9, 13]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13]
 COLS = [1, 3, 4, 5, 6, 7, 8, 15, 16, 17, 33, 47, 48, 49]
 DEPTHS = [1, 7, 8, 9, 15, 16, 17, 33, 47, 48, 49, 65, 97]
 # Large enough to be split over threads, and not multiples of any block size.
