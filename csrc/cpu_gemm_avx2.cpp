@@ -46,7 +46,7 @@ namespace twolayer_ops {
 namespace cpu_gemm {
 
 // 8 lanes reduce cheaply: the dot products beat MKL at every K on a 2-core AMD EPYC.
-const IsaKernels kAvx2Kernels = {"avx2", Avx2::kNtCols, Avx2::kLanes, 1, cpu_kernels::gemm_nt<Avx2>,
+const IsaKernels kAvx2Kernels = {Avx2::kNtCols, Avx2::kLanes, 1, cpu_kernels::gemm_nt<Avx2>,
                                  cpu_kernels::gemm_nn<Avx2>};
 
 }  // namespace cpu_gemm

@@ -51,8 +51,8 @@ namespace twolayer_ops {
 namespace cpu_gemm {
 
 // A 4x6 block's 24 16-lane sums take about 100 instructions to finish, against 34 a 16-deep K step:
-// on the Xeon, MKL won at K = 64 to 192 with M, N >= 128 (1.2-1.9x), and lost at K >= 256.
-const IsaKernels kAvx512Kernels = {"avx512", Avx512::kNtCols, Avx512::kLanes, 256, cpu_kernels::gemm_nt<Avx512>,
+// on the Xeon, MKL won at K = 64 to 192 with M, N >= 128 (1.07-1.9x), and lost at K >= 256.
+const IsaKernels kAvx512Kernels = {Avx512::kNtCols, Avx512::kLanes, 256, cpu_kernels::gemm_nt<Avx512>,
                                    cpu_kernels::gemm_nn<Avx512>};
 
 }  // namespace cpu_gemm

@@ -16,7 +16,6 @@ namespace twolayer_ops {
 namespace cpu_gemm {
 
 struct IsaKernels {
-  const char* name;
   // Column widths that threads split N in: the dot products' whole blocks, and one vector for the
   // broadcast form (its panels are several vectors wide, and whole panels would split 128 columns 48:80).
   int nt_cols, nn_cols;

@@ -7,7 +7,7 @@
 // S gives: V (a vector of float), Mask (the first n lanes), kLanes, zero, load, load_first (lanes past
 // the mask read nothing and give 0), store, store_first, broadcast, fma, add, relu (v <= 0 ? 0 : v,
 // NaN passes), half (a 256-bit vector: the sum of V's halves, or V itself for 8 lanes), first_lanes;
-// and the register blocks: kNtRows x kNtCols (kNtCols a multiple of 4) and kNnRows x kNnVecs vectors.
+// and the register blocks: kNtRows x kNtCols outputs and kNnRows x kNnVecs vectors.
 //
 // Everything here has internal linkage: each ISA's file gets its own copy, compiled for that ISA, so
 // the linker can never hand the AVX2 path an inline function built for AVX-512. Every fixed-trip loop
