@@ -55,3 +55,4 @@ def test_check_passes_on_this_machine():
     proc = run("check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout and "| cpu | native |" in proc.stdout
+    assert "native CPU GEMM kernels: " in proc.stdout

@@ -136,6 +136,9 @@ def cmd_check(args):
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     failures = 0
+    isa_names = ("none: BLAS", "avx2", "avx512")  # the levels of torch.ops.twolayer_ops_cpu.info()
+    in_use, best = torch.ops.twolayer_ops_cpu.info()
+    print(f"native CPU GEMM kernels: {isa_names[in_use]} (this CPU has up to {isa_names[best]})")
     print("| device | backend | dtype | check | result |")
     print("|---|---|---|---|---|")
     for device in devices:
