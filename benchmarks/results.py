@@ -28,7 +28,27 @@ class Row:
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, {cpu_kernels()} kernels"
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux), else the architecture: runs on different
+    machines compare only when they say which."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
+def cpu_kernels():
+    """The vector ISA of the native CPU GEMM kernels in use (torch.ops.twolayer_ops_cpu.info())."""
+    import twolayer_ops  # noqa: F401  (registers the ops)
+
+    return ("BLAS", "avx2", "avx512")[torch.ops.twolayer_ops_cpu.info()[0]]
 
 
 def environment(device):
