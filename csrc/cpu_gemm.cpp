@@ -49,6 +49,9 @@ int env_isa() {
     const char* v = std::getenv("TWOLAYER_OPS_CPU_ISA");
     for (int l = kNone; v && l <= kAvx512; ++l)
       if (std::strcmp(v, kIsaNames[l]) == 0) return std::min(l, best_isa());
+    if (v != nullptr && *v != '\0')
+      TORCH_WARN("TWOLAYER_OPS_CPU_ISA=", v, " is not one of none, avx2, avx512; using the CPU's best, ",
+                 kIsaNames[best_isa()]);
     return best_isa();
   }();
   return level;
