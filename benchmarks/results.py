@@ -45,10 +45,11 @@ def cpu_model():
 
 
 def cpu_kernels():
-    """The vector ISA of the native CPU GEMM kernels in use (torch.ops.twolayer_ops_cpu.info())."""
-    import twolayer_ops  # noqa: F401  (registers the ops)
+    """The vector ISA of the native CPU GEMM kernels in use ("BLAS" where none is)."""
+    from twolayer_ops.ops import cpu_isa
 
-    return ("BLAS", "avx2", "avx512")[torch.ops.twolayer_ops_cpu.info()[0]]
+    in_use = cpu_isa()[0]
+    return "BLAS" if in_use == "none" else in_use
 
 
 def environment(device):

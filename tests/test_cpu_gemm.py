@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from twolayer_ops.ops import ops
+from twolayer_ops.ops import CPU_ISAS, cpu_isa, ops
 
 from .reference import assert_close_to_ref, linear_relu_ref
 
-ISA_LEVELS = {"none": 0, "avx2": 1, "avx512": 2}
+ISA_LEVELS = {name: level for level, name in enumerate(CPU_ISAS)}
 IN_USE, BEST = range(2)  # the entries of torch.ops.twolayer_ops_cpu.info()
 
 # Rows, columns and depths around both ISAs' block sizes (rows 3, 4, 6, 8; forward columns 4, 6;
@@ -37,7 +37,7 @@ def isa(request):
     if best_isa() < level:
         pytest.skip(f"this CPU lacks {request.param}")
     torch.ops.twolayer_ops_cpu.set_isa(level)
-    assert torch.ops.twolayer_ops_cpu.info()[IN_USE] == level
+    assert cpu_isa()[0] == request.param
     yield request.param
     torch.ops.twolayer_ops_cpu.set_isa(-1)
 

@@ -133,12 +133,12 @@ def cmd_check(args):
     """Each backend's kernels against the float64 reference, forward and gradients."""
     from .backends import available_backends
     from .functional import linear_relu
+    from .ops import cpu_isa
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     failures = 0
-    isa_names = ("none: BLAS", "avx2", "avx512")  # the levels of torch.ops.twolayer_ops_cpu.info()
-    in_use, best = torch.ops.twolayer_ops_cpu.info()
-    print(f"native CPU GEMM kernels: {isa_names[in_use]} (this CPU has up to {isa_names[best]})")
+    in_use, best = cpu_isa()
+    print(f"native CPU GEMM kernels: {in_use} (this CPU has up to {best}; none: BLAS runs)")
     print("| device | backend | dtype | check | result |")
     print("|---|---|---|---|---|")
     for device in devices:

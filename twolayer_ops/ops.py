@@ -11,6 +11,16 @@ ops = torch.ops.twolayer_ops
 # Which devices the compiled extension has kernels for; read once, so traced code sees constants.
 HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("twolayer_ops::linear_relu", "CUDA")
 
+# The vector ISAs of the native CPU GEMM kernels, by the levels of torch.ops.twolayer_ops_cpu.info()
+# and set_isa (csrc/cpu_gemm.cpp); at "none", BLAS runs.
+CPU_ISAS = ("none", "avx2", "avx512")
+
+
+def cpu_isa():
+    """(the ISA of the native CPU GEMM kernels in use, the best this CPU has), names from CPU_ISAS."""
+    in_use, best = torch.ops.twolayer_ops_cpu.info()
+    return CPU_ISAS[in_use], CPU_ISAS[best]
+
 
 # ---- fake kernels: shapes, dtypes and devices only -------------------------------------------
 
