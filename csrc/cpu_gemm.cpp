@@ -1,5 +1,5 @@
 // Dispatch and threading for the small-GEMM kernels (see cpu_gemm.h): the kernels of the best vector
-// ISA the CPU has (cpu_gemm_isa.h), split over ATen's threads by whole column blocks.
+// ISA the CPU has (cpu_gemm_isa.h), split over ATen's threads along N.
 #include "cpu_gemm.h"
 
 #include <ATen/ATen.h>
