@@ -1,6 +1,6 @@
 // The small-GEMM kernels (cpu_gemm_kernels.h) for AVX-512F: 16 lanes, 32 vector registers. Measured
 // on a 2-core Xeon with AVX-512, one thread, 64x1000x100: 1.8x the AVX2 kernels backward (~150
-// GFLOP/s), 1.45x forward (~105 GFLOP/s, where the dot products' A rows stream from L2).
+// GFLOP/s), 1.45x forward (~105 GFLOP/s; blocking K so that the rows of A stay in L1 was slower).
 // The standard headers come before the target pragma (see cpu_gemm_avx2.cpp).
 #include <algorithm>
 #include <cstdint>
