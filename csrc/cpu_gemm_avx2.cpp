@@ -20,6 +20,7 @@ struct Avx2 {
   static constexpr int kLanes = 8;
   static constexpr int kNtRows = 3, kNtCols = 4;  // 12 accumulators + 3 A rows + 1 B row = 16 registers
   static constexpr int kNnRows = 6, kNnVecs = 2;  // 12 accumulators + 2 B vectors + 1 broadcast
+  static constexpr int kNtMinDepth = 1;  // 8 lanes reduce cheaply: these beat MKL at every K on a 2-core AMD EPYC
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V load_first(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
@@ -45,9 +46,7 @@ struct Avx2 {
 namespace twolayer_ops {
 namespace cpu_gemm {
 
-// 8 lanes reduce cheaply: the dot products beat MKL at every K on a 2-core AMD EPYC.
-const IsaKernels kAvx2Kernels = {Avx2::kNtCols, Avx2::kLanes, 1, cpu_kernels::gemm_nt<Avx2>,
-                                 cpu_kernels::gemm_nn<Avx2>};
+const IsaKernels kAvx2Kernels = cpu_kernels::table<Avx2>();
 
 }  // namespace cpu_gemm
 }  // namespace twolayer_ops

@@ -25,6 +25,9 @@ struct Avx512 {
   static constexpr int kLanes = 16;
   static constexpr int kNtRows = 4, kNtCols = 6;  // 24 accumulators + 4 A rows + 1 B row = 29 registers
   static constexpr int kNnRows = 8, kNnVecs = 3;  // 24 accumulators + 3 B vectors + 1 broadcast
+  // A 4x6 block's 24 16-lane sums take about 100 instructions to finish, against 34 a 16-deep K
+  // step: on the Xeon, MKL won at K = 64 to 192 with M, N >= 128 (1.07-1.9x), and lost at K >= 256.
+  static constexpr int kNtMinDepth = 256;
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V load_first(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
@@ -50,10 +53,7 @@ struct Avx512 {
 namespace twolayer_ops {
 namespace cpu_gemm {
 
-// A 4x6 block's 24 16-lane sums take about 100 instructions to finish, against 34 a 16-deep K step:
-// on the Xeon, MKL won at K = 64 to 192 with M, N >= 128 (1.07-1.9x), and lost at K >= 256.
-const IsaKernels kAvx512Kernels = {Avx512::kNtCols, Avx512::kLanes, 256, cpu_kernels::gemm_nt<Avx512>,
-                                   cpu_kernels::gemm_nn<Avx512>};
+const IsaKernels kAvx512Kernels = cpu_kernels::table<Avx512>();
 
 }  // namespace cpu_gemm
 }  // namespace twolayer_ops

@@ -7,7 +7,8 @@
 // S gives: V (a vector of float), Mask (the first n lanes), kLanes, zero, load, load_first (lanes past
 // the mask read nothing and give 0), store, store_first, broadcast, fma, add, relu (v <= 0 ? 0 : v,
 // NaN passes), half (a 256-bit vector: the sum of V's halves, or V itself for 8 lanes), first_lanes;
-// and the register blocks: kNtRows x kNtCols outputs and kNnRows x kNnVecs vectors.
+// the register blocks: kNtRows x kNtCols outputs and kNnRows x kNnVecs vectors; and kNtMinDepth (see
+// IsaKernels::nt_min_depth).
 //
 // Everything here has internal linkage: each ISA's file gets its own copy, compiled for that ISA, so
 // the linker can never hand the AVX2 path an inline function built for AVX-512. Every fixed-trip loop
@@ -19,6 +20,8 @@
 
 #include <algorithm>
 #include <cstdint>
+
+#include "cpu_gemm_isa.h"
 
 namespace twolayer_ops {
 namespace cpu_kernels {
@@ -218,6 +221,12 @@ void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64
     if (m < M)
       nn_tail_rows<S>(M - m, cols, K, A + m * sam, sam, sak, B + n, ldb, C + m * ldc + n, ldc, accumulate, bn, relu);
   }
+}
+
+// S's entry in the table of each ISA's kernels (cpu_gemm_isa.h).
+template <class S>
+constexpr cpu_gemm::IsaKernels table() {
+  return {S::kNtCols, S::kLanes, S::kNtMinDepth, gemm_nt<S>, gemm_nn<S>};
 }
 
 }  // namespace
