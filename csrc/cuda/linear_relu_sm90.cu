@@ -1155,7 +1155,9 @@ int plan_gemm(GemmArgs& a, CUtensorMap& mc) {
   a.tiles_n = (a.N + kBN - 1) / kBN;
   a.k_blocks = (a.K + kBK<DT> - 1) / kBK<DT>;
   const int group_m = g_group_m.load(std::memory_order_relaxed);
-  a.group_m = std::max(1, (group_m > 0 ? group_m : kGroupM) / CL);
+  // At most tiles_m: the same order, and tile_coords' group_m * tiles_n (an int) stays within the tile
+  // count, which tiles_fit bounds; set_group_m(4096) with 2^21 tile-columns would overflow it.
+  a.group_m = std::clamp((group_m > 0 ? group_m : kGroupM) / CL, 1, std::max(1, a.tiles_m));
   return a.tiles_m * a.tiles_n;
 }
 
