@@ -3,11 +3,11 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [all|more|test|report|tune]
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), then the steps of `more`: the kernel
-#          benchmark of the issue-6 shapes and the seed's layers, the same sm90 shapes under the GEMM
-#          variants that are off until timed (two-block clusters, the TMA-store epilogue, 16-byte
-#          register stores, the merged backward) and their memcheck, the seed's layers replayed from CUDA graphs (and under
-#          the portable GEMMs' switches that are off until timed: deeper splits over K, float32's
-#          small-output tiles), ...
+#          benchmark of the issue-6 shapes and the seed's layers, the forward with and without its bias,
+#          the same sm90 shapes under the GEMM variants that are off until timed (two-block clusters,
+#          the TMA-store epilogue, 16-byte register stores, the merged backward) and their memcheck,
+#          the seed's layers replayed from CUDA graphs (and under the portable GEMMs' switches that are
+#          off until timed: deeper splits over K, float32's small-output tiles), ...
 #   more   (a second call on the same warm machine) every step of `all` after the tests, skipping the
 #          steps an earlier call on this machine finished with the same sources: the benchmarks and
 #          variants above, the Hopper evidence, the Triton TMA backward's timing, the fused-step
@@ -148,6 +148,11 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   # The default paths: the sm90 native path (TF32 too), the portable Triton kernels.
   step kernels 120 "$PY" -m benchmarks.linear_relu --device cuda --cases "$HOPPER_CASES;$SEED_CASES" \
     --modes fwd,fwdbwd --providers native,triton,mm,addmm_act --csv "$logs/kernels.csv"
+  # What the bias costs the forward: the same kernels with bias None, same run. The sm90 GEMMs without
+  # bias (the backward's) ran within about 1.5% of cuBLAS on 11-28, the forward with bias at 1.05x-1.12x.
+  step kernels_bias 60 "$PY" -m benchmarks.linear_relu --device cuda \
+    --cases "bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;tf32:4096x4096x4096" --modes fwd \
+    --providers native,native_nobias,triton,triton_nobias,mm --csv "$logs/kernels_bias.csv"
   step kernels_variants 220 bash -c variant_kernels
   step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail

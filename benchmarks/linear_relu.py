@@ -7,8 +7,10 @@
 Providers: native, triton (the backends); eager relu(F.linear(...)) (the reference every speedup
 is taken against); addmm_act (torch._addmm_activation, the cuBLASLt ReLU epilogue: CUDA, forward
 only); compile (torch.compile of eager); mm (plain torch.mm: one GEMM forward, two backward,
-three for both: the ceiling a fused kernel should reach). Shapes are MxKxN (x is M x K, weight
-N x K). Modes: fwd, bwd (the backward alone, after one untimed forward), fwdbwd.
+three for both: the ceiling a fused kernel should reach). Asked for by name only: native_nobias,
+triton_nobias, eager_nobias (the same without the bias: what the bias term costs, in the same
+run). Shapes are MxKxN (x is M x K, weight N x K). Modes: fwd, bwd (the backward alone, after
+one untimed forward), fwdbwd.
 
 GPU times are triton.testing.do_bench medians with p20/p80, and the inputs rotate through enough
 copies to spill L2 when one set would fit; CPU times are torch.utils.benchmark medians over 5
@@ -68,6 +70,10 @@ def providers(device, names=None):
     if names and "triton" in names and "triton" not in found and "triton" in twolayer_ops.available_backends(device):
         found["triton"] = lambda x, w, b: twolayer_ops.linear_relu(x, w, b, backend="triton")
     found["compile"] = torch.compile(linear_relu_ref, dynamic=False)
+    for name in names or ():  # "<provider>_nobias": that provider with bias None (its gradient then None too)
+        base = name.removesuffix("_nobias")
+        if name != base and found.get(base) is not None:
+            found[name] = lambda x, w, b, fn=found[base]: fn(x, w, None)
     if device == "cuda":
         found["addmm_act"] = lambda x, w, b: torch._addmm_activation(b, x, w.t(), use_gelu=False)
     found["mm"] = None
@@ -113,11 +119,11 @@ def workload(name, fn, mode, sets):
 
         def fwdbwd():
             x, w, b, g = next(cycle)
-            return torch.autograd.grad(fn(x, w, b), (x, w, b), g)
+            return torch.autograd.grad(fn(x, w, b), (x, w, b), g, allow_unused=True)  # b: unused by *_nobias
 
         return fwdbwd
     graphs = itertools.cycle([(fn(x, w, b), (x, w, b), g) for x, w, b, g in sets])  # forward outside the timing
-    return lambda: torch.autograd.grad(*next(graphs), retain_graph=True)
+    return lambda: torch.autograd.grad(*next(graphs), retain_graph=True, allow_unused=True)
 
 
 def graphed(run, calls):

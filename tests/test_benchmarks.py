@@ -21,6 +21,18 @@ def test_kernel_benchmark_rows_and_ratios():
         assert abs(s - times[mode, "eager"] / times[mode, provider]) < 1e-9
 
 
+def test_nobias_providers_drop_the_bias(monkeypatch):
+    """native_nobias is native called with bias None, in every mode; asked for by name only."""
+    assert "native_nobias" not in linear_relu.providers("cpu")
+    seen = []
+    real = linear_relu.twolayer_ops.linear_relu
+    monkeypatch.setattr(linear_relu.twolayer_ops, "linear_relu", lambda x, w, b, **kw: seen.append(b) or real(x, w, b, **kw))
+    rows = linear_relu.run("cpu", [((8, 16, 4), "float32")], ["fwd", "bwd", "fwdbwd"], ["native_nobias"], progress=False)
+    assert {(r.mode, r.provider) for r in rows if r.metric == "time"} >= {
+        (m, "native_nobias") for m in ("fwd", "bwd", "fwdbwd")}
+    assert seen and all(b is None for b in seen)
+
+
 def test_cuda_graph_mode_refuses_the_cpu():
     with pytest.raises(SystemExit):
         linear_relu.parse_args(["--device", "cpu", "--cuda-graph"])
