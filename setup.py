@@ -1,7 +1,7 @@
-"""Builds twolayer_ops._C: the C++ CPU kernels always, the CUDA kernels whenever nvcc is found.
+"""Builds twolayer_ops._C: the C++ CPU kernels always, the CUDA kernels wherever nvcc is found and torch is a CUDA build.
 
 Environment:
-  TWOLAYER_OPS_NO_CUDA=1   build the CPU kernels only, even where nvcc exists.
+  TWOLAYER_OPS_NO_CUDA=1   build the CPU kernels only, even where nvcc exists (as with a CPU build of torch).
   CUDA_HOME                the CUDA toolkit root; found from nvcc when unset.
   TORCH_CUDA_ARCH_LIST     the GPU archs; the visible GPU's, or 9.0 (sm_90) when none is visible.
                            Compute capability 9.0 machine code is always built as sm_90a (see _nvcc_arch_flags).
@@ -36,6 +36,13 @@ def _cuda_home():
 
 def _build_cuda():
     if os.environ.get("TWOLAYER_OPS_NO_CUDA", "0") not in ("", "0"):
+        return False
+    # Plain `import torch` leaves torch.utils.cpp_extension (which reads CUDA_HOME once) unimported.
+    import torch
+
+    if torch.version.cuda is None:  # a CPU build of torch has no CUDA libraries to link against
+        if shutil.which("nvcc"):
+            print(f"setup.py: torch {torch.__version__} is a CPU build; building the CPU kernels only")
         return False
     home = _cuda_home()
     if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):

@@ -19,9 +19,12 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
             return _TransformableLinearReLU.apply(x, weight, bias, backend)
     else:
         # Every backend's op checks its arguments (native in C++, triton and torch in checks.py), so
-        # the common call pays for no check here; only a failure looks closer.
+        # the common call pays for no check here; only a failure looks closer. The other forms are
+        # told apart by shape first: torch.compile before torch 2.14 raises its own error type for
+        # an op's failure while tracing, which the except below would not catch.
         try:
-            return resolve_backend(backend, x).linear_relu(x, weight, bias)
+            if weight.dim() == 2 and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0])):
+                return resolve_backend(backend, x).linear_relu(x, weight, bias)
         except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
             if args_ok(x, weight, bias):
                 raise  # valid arguments: a failure that is not theirs to explain
