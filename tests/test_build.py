@@ -7,15 +7,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from twolayer_ops import ops
 
 
 @pytest.mark.skipif(os.environ.get("TWOLAYER_OPS_NO_CUDA", "0") not in ("", "0"), reason="CUDA build switched off")
 def test_cuda_kernels_built_where_nvcc_exists():
+    """CUDA kernels wherever nvcc is found and torch is a CUDA build (a CPU build has nothing to link them to)."""
     has_nvcc = shutil.which("nvcc") is not None or bool(os.environ.get("CUDA_HOME"))
-    assert ops.HAS_CUDA_KERNELS == has_nvcc, (
-        f"nvcc {'found' if has_nvcc else 'absent'} but CUDA kernels {'' if ops.HAS_CUDA_KERNELS else 'not '}registered"
+    expected = has_nvcc and torch.version.cuda is not None
+    assert ops.HAS_CUDA_KERNELS == expected, (
+        f"nvcc {'found' if has_nvcc else 'absent'}, torch {torch.__version__}, but CUDA kernels "
+        f"{'' if ops.HAS_CUDA_KERNELS else 'not '}registered"
     )
 
 
