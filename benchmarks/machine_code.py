@@ -155,9 +155,10 @@ def _by_arch(text, line_re):
     """Yields (arch, mangled function name, line) for each line that follows a 'Function' line."""
     arch = function = None
     for line in text.splitlines():
-        header = re.match(r"\s*(?:arch =|code for) (sm_\w+)", line)
-        if header:
-            arch = header.group(1)
+        header = re.match(r"\s*(arch =|code for) (sm_\w+)", line)
+        # cuobjdump 12.8 (triton 3.6's) says "code for sm_90" under "arch = sm_90a": keep the full name.
+        if header and not (header.group(1) == "code for" and (arch or "").startswith(header.group(2))):
+            arch = header.group(2)
         found = re.search(r"Function\s*:?\s*([\w$.]+)", line)
         if found:
             function = found.group(1).rstrip(":")
