@@ -221,6 +221,7 @@ table(f"tf32 {Mt}x{Kt}->{Nt}", rows_out, Mt, Kt, Nt)
 json.dump({"errors": errs, "rows": [[n, m, t] for n, m, t in bf16_rows + rows_out], "device": torch.cuda.get_device_name()},
           open(f"{out_dir}/timing.json", "w"), indent=1)
 EOF
+status=$?  # the timing run's (pipefail): a crash there fails the script once the tables are printed
 
 echo
 echo "== machine code (sm90 kernels; all kernels in machine_code.txt)"
@@ -228,3 +229,5 @@ grep -E "^\| (kernel|sm90_)|^local memory|cuobjdump" "$out/machine_code.txt"
 [[ -s $out/ptxas_sm90.txt ]] && { echo "== ptxas (sm90)"; sort "$out/ptxas_sm90.txt" | uniq -c | grep -v Compiling; }
 [[ -s $out/ptxas_warnings.txt ]] && { echo "== ptxas warnings"; cat "$out/ptxas_warnings.txt"; }
 echo "== timing"; sed -n '/^| bf16/,$p' "$out/timing.log"
+((status == 0)) || echo "the timing run failed (exit $status): see $out/timing.log"
+exit $status
