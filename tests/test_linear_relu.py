@@ -1,4 +1,6 @@
 """The parity matrix of the fused op, run for every kernel backend on every device."""
+import dataclasses
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -110,6 +112,30 @@ def test_f_linear_other_forms(device, backend, x_shape, w_shape, b_shape):
     want = torch.autograd.grad(ref, [t for t in ref_inputs if t is not None], grad_out)
     for i, (gt, wt) in enumerate(zip(got, want)):
         assert_close_to_ref(gt, wt, torch.float64, f"grad {i}")
+
+
+def test_other_forms_reach_the_op_reshaped(monkeypatch, device, backend):
+    """The op only ever sees a (N, K) weight and a (N,) bias or None: F.linear's other forms are
+    reshaped before the call, not after the op refuses them, since torch.compile before torch 2.14
+    cannot trace a fallback from an op's error."""
+    from twolayer_ops import backends
+
+    key = (backend, device, torch.float64)
+    real = backends._RESOLVED[key]
+    seen = []
+
+    def spy(x, weight, bias):
+        seen.append((tuple(weight.shape), None if bias is None else tuple(bias.shape)))
+        return real.linear_relu(x, weight, bias)
+
+    monkeypatch.setitem(backends._RESOLVED, key, dataclasses.replace(real, linear_relu=spy))
+    g = torch.Generator().manual_seed(4)
+    x, w = (torch.randn(shape, generator=g, dtype=torch.float64).to(device) for shape in ((6, 5), (4, 5)))
+    for weight, bias_shape in ((w[0], None), (w[0], ()), (w, (1,)), (w, (1, 4)), (w, (4,)), (w, None)):
+        bias = None if bias_shape is None else torch.randn(bias_shape, generator=g, dtype=torch.float64).to(device)
+        linear_relu(x, weight, bias, backend=backend)
+    assert len(seen) == 6, seen
+    assert all(len(ws) == 2 and bs in (None, (ws[0],)) for ws, bs in seen), seen
 
 
 @pytest.mark.parametrize("api", ["linear_relu", "LinearReLUFunction"])
