@@ -1,7 +1,9 @@
-"""Builds twolayer_ops._C: the C++ CPU kernels always, the CUDA kernels wherever nvcc is found and torch is a CUDA build.
+"""Builds twolayer_ops._C: the C++ CPU kernels always, and the CUDA kernels wherever nvcc is found
+and torch is a CUDA build.
 
 Environment:
-  TWOLAYER_OPS_NO_CUDA=1   build the CPU kernels only, even where nvcc exists (as with a CPU build of torch).
+  TWOLAYER_OPS_NO_CUDA=1   build the CPU kernels only, even where nvcc exists (a CPU build of torch
+                           always does).
   CUDA_HOME                the CUDA toolkit root; found from nvcc when unset.
   TORCH_CUDA_ARCH_LIST     the GPU archs; the visible GPU's, or 9.0 (sm_90) when none is visible.
                            Compute capability 9.0 machine code is always built as sm_90a (see _nvcc_arch_flags).
