@@ -4,6 +4,7 @@
 #   all    (for a lease that affords one call) the build, then in order of importance until the time
 #          budget is spent: the CUDA tests (newest work first), then the steps of `more`: the kernel
 #          benchmark of the issue-6 shapes and the seed's layers, the forward with and without its bias,
+#          float32 in the 128-thread SIMT tiles (off until timed) and their memcheck,
 #          the same sm90 shapes under the GEMM variants that are off until timed (two-block clusters,
 #          the TMA-store epilogue, 16-byte register stores, the merged backward) and their memcheck,
 #          the seed's layers replayed from CUDA graphs (and under the portable GEMMs' switches that are
@@ -155,6 +156,12 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   step kernels_bias 60 "$PY" -m benchmarks.linear_relu --device cuda \
     --cases "bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;tf32:4096x4096x4096" --modes fwd \
     --providers native,native_nobias,triton,triton_nobias,mm --csv "$logs/kernels_bias.csv"
+  # float32's 128-thread tiles (off until timed) against the kernels step's float32 rows, which ran the
+  # default 256-thread tiles (forward 1.39x cuBLAS SGEMM on 11-28), then memcheck of those kernels.
+  step kernels_simt_wide 60 env TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1 "$PY" -m benchmarks.linear_relu --device cuda \
+    --cases "float32:4096x4096x4096" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_simt_wide.csv"
+  step sanitize_simt_wide 40 env TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   step kernels_variants 220 bash -c variant_kernels
   step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail

@@ -407,9 +407,9 @@ extern "C" int emulated_launch(int es, int opt, int64_t n, int64_t d_in, int64_t
 namespace {
 
 // A kernel's shared array, NaN-filled before each block so that a read of anything unwritten shows.
-template <typename T, bool SMALL>
+template <typename T, int TILES>
 unsigned char* gemm_smem() {
-  constexpr int kBytes = cuda_gemm::Policy<T, SMALL>::SMEM;
+  constexpr int kBytes = cuda_gemm::Policy<T, TILES>::SMEM;
   alignas(128) static unsigned char smem[kBytes];
   for (size_t i = 0; i + sizeof(float) <= sizeof(smem); i += sizeof(float)) {
     const float nan = NAN;
@@ -420,9 +420,9 @@ unsigned char* gemm_smem() {
 
 // plan_workspace of linear_relu.cu: g's split over K and its workspace (empty: no split). sms stands
 // for the SM count that plans the split (0: none), min_ktiles for TWOLAYER_OPS_SPLITK_MIN_KTILES.
-template <typename T, int MODE, bool SMALL>
+template <typename T, int MODE, int TILES>
 std::vector<typename cuda_gemm::Elem<T>::acc> plan_workspace(cuda_gemm::GemmArgs& g, int64_t sms, int64_t min_ktiles) {
-  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE, SMALL>(g, sms, min_ktiles) : 0;
+  const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE, TILES>(g, sms, min_ktiles) : 0;
   std::vector<typename cuda_gemm::Elem<T>::acc> workspace(size_t(work), NAN);  // unwritten slots read as NaN
   g.work = workspace.data();
   return workspace;
@@ -434,45 +434,47 @@ void reduce(const cuda_gemm::GemmArgs& g) {
 }
 
 // launch_gemm_tiles of linear_relu.cu.
-template <typename T, int MODE, bool SMALL>
+template <typename T, int MODE, int TILES>
 int64_t run_gemm_tiles(cuda_gemm::GemmArgs g, int64_t max_blocks, int64_t sms, int64_t min_ktiles) {
-  using P = cuda_gemm::Policy<T, SMALL>;
-  const auto workspace = plan_workspace<T, MODE, SMALL>(g, sms, min_ktiles);
-  const int64_t tiles = cuda_gemm::gemm_tiles<T, SMALL>(g);
+  using P = cuda_gemm::Policy<T, TILES>;
+  const auto workspace = plan_workspace<T, MODE, TILES>(g, sms, min_ktiles);
+  const int64_t tiles = cuda_gemm::gemm_tiles<T, TILES>(g);
   if (tiles <= 0) return 0;
   const int64_t grid = std::min(tiles, max_blocks);  // fewer blocks than tiles: each walks several
   gridDim.x = unsigned(grid);
   for (int64_t b = 0; b < grid; ++b) {
-    unsigned char* smem = gemm_smem<T, SMALL>();
-    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE, SMALL>(g, smem, blockIdx.x, gridDim.x); });
+    unsigned char* smem = gemm_smem<T, TILES>();
+    run_blocks(b, b + 1, P::NT, [&] { cuda_gemm::gemm_body<T, MODE, TILES>(g, smem, blockIdx.x, gridDim.x); });
   }
   if (!workspace.empty()) reduce<T, MODE>(g);
   return grid;
 }
 
-// launch_gemm: small (float32 only) takes the small-output tiles, whatever the size.
+// launch_gemm: float32 runs in the tiles of kind `tiles` (cuda_gemm::SimtTiles), whatever the size.
 template <typename T, int MODE>
-int64_t gemm(const cuda_gemm::GemmArgs& g, int64_t max_blocks, int64_t sms, int64_t min_ktiles, bool small) {
+int64_t gemm(const cuda_gemm::GemmArgs& g, int64_t max_blocks, int64_t sms, int64_t min_ktiles, int tiles) {
   if constexpr (std::is_same_v<T, float>) {
-    if (small) return run_gemm_tiles<T, MODE, true>(g, max_blocks, sms, min_ktiles);
+    if (tiles == cuda_gemm::kSmallTiles) return run_gemm_tiles<T, MODE, cuda_gemm::kSmallTiles>(g, max_blocks, sms, min_ktiles);
+    if (tiles == cuda_gemm::kWideThreadTiles)
+      return run_gemm_tiles<T, MODE, cuda_gemm::kWideThreadTiles>(g, max_blocks, sms, min_ktiles);
   }
-  return run_gemm_tiles<T, MODE, false>(g, max_blocks, sms, min_ktiles);
+  return run_gemm_tiles<T, MODE, cuda_gemm::kDefaultTiles>(g, max_blocks, sms, min_ktiles);
 }
 
 // launch_grads_tiles of linear_relu.cu: dX (its K slices, if split) and dW (+ db) in one grid, then
 // dX's reduce pass if split. max_blocks caps each part of the grid. Returns the grid's blocks.
-template <typename T, bool SMALL>
+template <typename T, int TILES>
 int64_t run_grads_tiles(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t max_blocks, int64_t sms,
                     int64_t min_ktiles) {
-  using P = cuda_gemm::Policy<T, SMALL>;
-  const auto workspace = plan_workspace<T, 1, SMALL>(dx, sms, min_ktiles);
-  const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T, SMALL>(dx), max_blocks);
-  const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T, SMALL>(dw), max_blocks);
+  using P = cuda_gemm::Policy<T, TILES>;
+  const auto workspace = plan_workspace<T, 1, TILES>(dx, sms, min_ktiles);
+  const int64_t dx_blocks = std::min(cuda_gemm::gemm_tiles<T, TILES>(dx), max_blocks);
+  const int64_t grid = dx_blocks + std::min(cuda_gemm::gemm_tiles<T, TILES>(dw), max_blocks);
   gridDim.x = unsigned(grid);
   for (int64_t b = 0; b < grid; ++b) {
-    unsigned char* smem = gemm_smem<T, SMALL>();
+    unsigned char* smem = gemm_smem<T, TILES>();
     run_blocks(b, b + 1, P::NT,
-               [&] { cuda_gemm::grads_body<T, SMALL>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
+               [&] { cuda_gemm::grads_body<T, TILES>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x); });
   }
   if (!workspace.empty()) reduce<T, 1>(dx);
   return grid;
@@ -480,21 +482,24 @@ int64_t run_grads_tiles(cuda_gemm::GemmArgs dx, cuda_gemm::GemmArgs dw, int64_t 
 
 template <typename T>
 int64_t grads(const cuda_gemm::GemmArgs& dx, const cuda_gemm::GemmArgs& dw, int64_t max_blocks, int64_t sms,
-              int64_t min_ktiles, bool small) {
+              int64_t min_ktiles, int tiles) {
   if constexpr (std::is_same_v<T, float>) {
-    if (small) return run_grads_tiles<T, true>(dx, dw, max_blocks, sms, min_ktiles);
+    if (tiles == cuda_gemm::kSmallTiles) return run_grads_tiles<T, cuda_gemm::kSmallTiles>(dx, dw, max_blocks, sms, min_ktiles);
+    if (tiles == cuda_gemm::kWideThreadTiles)  // one launch each, as launch_grads runs them
+      return run_gemm_tiles<T, 1, cuda_gemm::kWideThreadTiles>(dx, max_blocks, sms, min_ktiles) +
+             run_gemm_tiles<T, 2, cuda_gemm::kWideThreadTiles>(dw, max_blocks, sms, min_ktiles);
   }
-  return run_grads_tiles<T, false>(dx, dw, max_blocks, sms, min_ktiles);
+  return run_grads_tiles<T, cuda_gemm::kDefaultTiles>(dx, dw, max_blocks, sms, min_ktiles);
 }
 
 template <typename T>
 int64_t gemm_mode(int mode, cuda_gemm::Mat a, cuda_gemm::Mat o, cuda_gemm::Mat b, const void* bias, int64_t bias_s,
                   void* c, void* db, int64_t M, int64_t K, int64_t N, int64_t max_blocks, int64_t sms,
-                  int64_t min_ktiles, bool small) {
+                  int64_t min_ktiles, int tiles) {
   using namespace cuda_gemm;
-  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms, min_ktiles, small);
-  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms, min_ktiles, small);
-  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles, small);
+  if (mode == 0) return gemm<T, 0>(forward_args<T>(a, b, bias, bias_s, c, M, K, N), max_blocks, sms, min_ktiles, tiles);
+  if (mode == 1) return gemm<T, 1>(grad_x_args<T>(a, o, b, c, M, N, K), max_blocks, sms, min_ktiles, tiles);
+  return gemm<T, 2>(grad_w_args<T>(a, o, b, c, db, M, N, K), max_blocks, sms, min_ktiles, tiles);
 }
 
 // run(T()) for the element type of a dtype code: 0 float32, 1 float64 (the SIMT policy), 2 float16,
@@ -523,33 +528,35 @@ int64_t for_dtype(int dtype, const F& run) {
 //   mode 2: c (N, K) = mask(a=g, o)^T @ b=x, db (N,) = row sums of mask(g, o)^T  (dW, db; either may be null)
 // At most max_blocks blocks (each then walks several output tiles); sms > 0 plans a split over K as
 // the GPU with that many SMs would (0: never split), each slice at least min_ktiles K-tiles deep
-// (TWOLAYER_OPS_SPLITK_MIN_KTILES); small != 0 runs float32 in the small-output tiles
-// (TWOLAYER_OPS_SIMT_SMALL_TILES), whatever the size. Returns the blocks run.
+// (TWOLAYER_OPS_SPLITK_MIN_KTILES); tiles runs float32 in that tile kind (cuda_gemm::SimtTiles: 0 the
+// default, 1 the small-output tiles of TWOLAYER_OPS_SIMT_SMALL_TILES, 2 the 128-thread tiles of
+// TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES), whatever the size. Returns the blocks run.
 extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0, int64_t as1, const void* o, int64_t os0,
                                  int64_t os1, const void* b, int64_t bs0, int64_t bs1, const void* bias,
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
-                                 int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t small) {
+                                 int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t tiles) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
   auto run = [&](auto zero) {
     return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles,
-                                     small != 0);
+                                     int(tiles));
   };
   return for_dtype(dtype, run);
 }
 
 // The backward's dX (c (M, K)) and dW + db (dw (N, K), db (N,); either may be null) as linear_relu.cu
 // launches them together (launch_grads), from g and o (M, N), w (N, K) and x (M, K). max_blocks caps
-// each product's part of the grid; sms, min_ktiles and small as for emulated_gemm. Returns the grid's blocks.
+// each product's part of the grid; sms, min_ktiles and tiles as for emulated_gemm. Returns the grid's blocks
+// (in the 128-thread tiles, which run the products one launch each, both launches' together).
 extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t gs1, const void* o, int64_t os0,
                                   int64_t os1, const void* w, int64_t ws0, int64_t ws1, const void* x, int64_t xs0,
                                   int64_t xs1, void* dx, void* dw, void* db, int64_t M, int64_t K, int64_t N,
-                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t small) {
+                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t tiles) {
   using namespace cuda_gemm;
   const Mat mg{g, gs0, gs1}, mo{o, os0, os1}, mw{w, ws0, ws1}, mx{x, xs0, xs1};
   auto run = [&](auto zero) {
     using T = decltype(zero);
     return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
-                    sms, min_ktiles, small != 0);
+                    sms, min_ktiles, int(tiles));
   };
   return for_dtype(dtype, run);
 }

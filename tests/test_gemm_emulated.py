@@ -25,9 +25,16 @@ from .test_properties import check, problems
 
 LAUNCH_TIMEOUT_S = 120
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}  # emulated_gemm's
-# Each dtype in its tiles, and float32 in the small-output ones too.
-TILE_CASES = [(dtype, False) for dtype in DTYPE_CODES] + [(torch.float32, True)]
-TILE_IDS = [f"{dtype}{'-small' if small else ''}" for dtype, small in TILE_CASES]
+# float32's tile kinds, emulated_gemm's codes (cuda_gemm::SimtTiles), and their output tiles' side.
+FLOAT32_TILES = {"default": 0, "small": 1, "wide": 2}
+TILE_SIDE = {0: 128, 1: 64, 2: 128}
+# Each dtype in its tiles, and float32 in each of its other kinds too.
+TILE_CASES = [(dtype, 0) for dtype in DTYPE_CODES] + [(torch.float32, 1), (torch.float32, 2)]
+TILE_IDS = [f"{dtype}{'' if tiles == 0 else '-' + ('small' if tiles == 1 else 'wide')}" for dtype, tiles in TILE_CASES]
+
+
+def tile_side(dtype, tiles):
+    return 64 if dtype == torch.float64 else 128 if dtype != torch.float32 else TILE_SIDE[tiles]
 SIZES = st.one_of(st.integers(0, 20), st.integers(21, 70), st.integers(71, 200))
 
 
@@ -41,12 +48,13 @@ class EmulatedNative:
     linear_relu_backward_cuda, without the Hopper path), on CPU tensors. max_blocks caps the grid so
     that each block walks several output tiles; None launches one block per tile, as the GPU does.
     sms > 0 splits K as a GPU with that many SMs would (plan_split_k), each slice at least min_ktiles
-    K-tiles deep (TWOLAYER_OPS_SPLITK_MIN_KTILES); 0 never splits. small_tiles runs float32 in the
-    small-output tiles (64x64x16; TWOLAYER_OPS_SIMT_SMALL_TILES), whatever the size."""
+    K-tiles deep (TWOLAYER_OPS_SPLITK_MIN_KTILES); 0 never splits. tiles runs float32 in that kind of
+    tile (FLOAT32_TILES: 1 the small-output tiles, 64x64x16, of TWOLAYER_OPS_SIMT_SMALL_TILES; 2 the
+    128-thread tiles of TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES), whatever the size."""
 
-    def __init__(self, lib, max_blocks=None, sms=0, min_ktiles=8, small_tiles=False):
+    def __init__(self, lib, max_blocks=None, sms=0, min_ktiles=8, tiles=0):
         self.lib, self.max_blocks, self.sms, self.min_ktiles = lib, max_blocks, sms, min_ktiles
-        self.small_tiles = small_tiles
+        self.tiles = tiles
         self.blocks = []  # blocks of every launch of one product
         self.paired = []  # blocks of every launch of dX and dW together
 
@@ -84,7 +92,7 @@ class EmulatedNative:
 
     def _sizes(self, m, k, n):
         return ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n), ctypes.c_int64(self.max_blocks or 2**62), \
-            ctypes.c_int64(self.sms), ctypes.c_int64(self.min_ktiles), ctypes.c_int64(int(self.small_tiles))
+            ctypes.c_int64(self.sms), ctypes.c_int64(self.min_ktiles), ctypes.c_int64(self.tiles)
 
     def _gemm(self, mode, a, o, b, bias, c, db, m, k, n):
         self.blocks.append(self._launch(self.lib.emulated_gemm, DTYPE_CODES[a.dtype], mode, *_mat(a), *_mat(o), *_mat(b),
@@ -113,23 +121,23 @@ def _ptr(t):
 
 @settings(max_examples=150, phases=phases("cpu"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(problem=problems(SIZES, list(DTYPE_CODES)), few_blocks=st.booleans(), sms=st.sampled_from([0, 2, 8]),
-       min_ktiles=st.sampled_from([2, 8]), small_tiles=st.booleans())
-def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms, min_ktiles, small_tiles):
+       min_ktiles=st.sampled_from([2, 8]), tiles=st.sampled_from(list(FLOAT32_TILES.values())))
+def test_forward_and_backward_match_reference(emulation, problem, few_blocks, sms, min_ktiles, tiles):
     """The property test of every backend, on the emulated CUDA kernels (SIMT for float32 and float64,
-    WMMA for float16 and bfloat16; float32 in either tile size); half the examples on at most 2 blocks,
+    WMMA for float16 and bfloat16; float32 in each kind of tile); half the examples on at most 2 blocks,
     so that each block walks several output tiles; and K split as a GPU of 2 or 8 SMs would, in slices
     of at least 2 or 8 K-tiles."""
     check(problem, "cpu", EmulatedNative(emulation, max_blocks=2 if few_blocks else None, sms=sms, min_ktiles=min_ktiles,
-                                         small_tiles=small_tiles))
+                                         tiles=tiles))
 
 
-@pytest.mark.parametrize("dtype,small_tiles", TILE_CASES, ids=TILE_IDS)
-def test_tile_edges_and_vector_loads(emulation, dtype, small_tiles):
+@pytest.mark.parametrize("dtype,tiles", TILE_CASES, ids=TILE_IDS)
+def test_tile_edges_and_vector_loads(emulation, dtype, tiles):
     """Sizes one below, at and one above the tiles (128x128 for float32 and the 16-bit types, 64x64
     for float64 and float32's small tiles), contiguous (16-byte vector loads) and at an odd storage
     offset (scalar loads), every gradient."""
-    tile = 64 if dtype == torch.float64 or small_tiles else 128
-    emulated = EmulatedNative(emulation, small_tiles=small_tiles)
+    tile = tile_side(dtype, tiles)
+    emulated = EmulatedNative(emulation, tiles=tiles)
     for m, k, n in [(tile - 1, 9, tile + 1), (tile, 32, tile), (tile + 1, 33, 2 * tile - 1)]:
         g = torch.Generator().manual_seed(m + k + n)
         for offset in (0, 1):
@@ -190,12 +198,13 @@ def test_split_k(emulation, dtype):
             assert torch.equal(a, c)
 
 
-@pytest.mark.parametrize("dtype,small_tiles", TILE_CASES, ids=TILE_IDS)
-def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype, small_tiles):
+@pytest.mark.parametrize("dtype,tiles", [c for c in TILE_CASES if c[1] != 2], ids=[i for c, i in zip(TILE_CASES, TILE_IDS) if c[1] != 2])
+def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype, tiles):
     """dX and dW + db run in one grid, each product on its part: the seed's 64x1000->100 backward on a
     132-SM GPU is 8 + 8 blocks (128x128 tiles); where dX splits K (slices of at least 2 K-tiles), its
-    slices run in the grid and its reduce pass after. The same bits with each part capped at 2 blocks."""
-    tile = 64 if dtype == torch.float64 or small_tiles else 128
+    slices run in the grid and its reduce pass after. The same bits with each part capped at 2 blocks.
+    (float32's 128-thread tiles run the two products one launch each.)"""
+    tile = tile_side(dtype, tiles)
     m, k, n = 64, 1000, 100
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype)
@@ -206,7 +215,7 @@ def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype, small_tiles):
         math.ceil(n / tile)
     runs = []
     for min_ktiles, max_blocks in [(8, None), (8, 2), (2, None), (2, 2)]:
-        emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=132, min_ktiles=min_ktiles, small_tiles=small_tiles)
+        emulated = EmulatedNative(emulation, max_blocks=max_blocks, sms=132, min_ktiles=min_ktiles, tiles=tiles)
         out = emulated.linear_relu(x, w, b)
         gm = torch.where(out.double() <= 0, 0.0, go.double())
         grads = emulated.linear_relu_backward(go, out, x, w, [True, True, True])

@@ -134,20 +134,26 @@ def test_float32_kernels_never_use_tf32_tensor_cores(sm90a):
 
 def test_simt_kernels_fit_two_blocks_per_sm(sm90a):
     """kMinBlocksPerSm: 128 registers or fewer for 256 threads, so two blocks share an SM (the
-    k-loop spill check above keeps that from costing spills where it matters)."""
+    k-loop spill check above keeps that from costing spills where it matters). Not the 128-thread
+    tiles (float32's kWideThreadTiles, the last template argument 2): two of their blocks fit any count
+    up to the 255 a thread can have, and that check covers their k-loops."""
     for k in simt_gemms(sm90a):
-        assert k.regs <= 128, f"{k.name}: {k.regs} registers"
+        wide = k.name.startswith(("gemm_kernel<float,", "grads_kernel<float,")) and k.name.endswith(", 2>")
+        assert wide or k.regs <= 128, f"{k.name}: {k.regs} registers"
 
 
 def test_simt_float32_forward_k_loop_is_mostly_ffma(sm90a):
     """One K-tile of the float32 forward's k-loop, K-contiguous x and W: 8 k steps of an 8x8 outer
     product (64 FFMA) from 4 vector shared-memory reads each, the next K-tile's vector loads and
-    transposing stores, one barrier; at least 80% of its issue slots FFMA (82.7% since 2026-11-28,
-    81.3% before: the tile loader's offsets and K-tile test moved out of the loop)."""
-    (k,) = named(sm90a, "gemm_kernel<float, 0, false>")
-    trip = k.loop_trip()
-    assert (trip["FFMA"], trip["LDS"], trip["BAR"]) == (512, 32, 1), trip
-    assert trip["FFMA"] >= 0.8 * sum(trip.values()), f"{trip['FFMA']} FFMA of {sum(trip.values())}: {trip}"
+    transposing stores, one barrier; at least 80% of its issue slots FFMA (83.8% with nvcc 13.0; 81.3%
+    before 2026-11-28: the tile loader's offsets and K-tile test moved out of the loop). In the
+    128-thread tiles, 8 k steps of an 8x16 outer product from 6 reads each: at least 86% (87.6%)."""
+    for name, (ffma, lds, share) in {"gemm_kernel<float, 0, 0>": (512, 32, 0.8),
+                                     "gemm_kernel<float, 0, 2>": (1024, 48, 0.86)}.items():
+        (k,) = named(sm90a, name)
+        trip = k.loop_trip()
+        assert (trip["FFMA"], trip["LDS"], trip["BAR"]) == (ffma, lds, 1), (name, trip)
+        assert trip["FFMA"] >= share * sum(trip.values()), f"{name}: {trip['FFMA']} FFMA of {sum(trip.values())}: {trip}"
 
 
 def test_loop_trip_follows_the_vector_path_of_the_busiest_loop():

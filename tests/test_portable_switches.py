@@ -1,10 +1,12 @@
 """The portable CUDA GEMMs (csrc/cuda/linear_relu.cu) under the switches that stay off until a GPU run
-times them: TWOLAYER_OPS_SIMT_SMALL_TILES=1 (float32's small-output tiles) and
-TWOLAYER_OPS_SPLITK_MIN_KTILES=2 (deeper splits over K). Each runs in a process of its own (the
+times them: TWOLAYER_OPS_SIMT_SMALL_TILES=1 (float32's small-output tiles),
+TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1 (float32's 128-thread tiles) and TWOLAYER_OPS_SPLITK_MIN_KTILES=2
+(deeper splits over K). Each runs in a process of its own (the
 switches are read once): forward and every gradient against float64, and the profiler's kernel names
 show that the switch took effect. tests/test_gemm_emulated.py checks the same code on every build."""
 import ast
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -22,7 +24,10 @@ SWITCHES = {
     "small_tiles": {"TWOLAYER_OPS_SIMT_SMALL_TILES": "1"},
     "splitk2": {"TWOLAYER_OPS_SPLITK_MIN_KTILES": "2"},
     "small_tiles_splitk2": {"TWOLAYER_OPS_SIMT_SMALL_TILES": "1", "TWOLAYER_OPS_SPLITK_MIN_KTILES": "2"},
+    "wide_thread_tiles": {"TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES": "1"},
 }
+# The SIMT GEMM kernels' tile kind, their last template argument (cuda_gemm::SimtTiles).
+TILE_KINDS = {"default": 0, "small_tiles": 1, "wide_thread_tiles": 2}
 WORKER = r"""
 import sys
 
@@ -63,6 +68,12 @@ def _launches(kernels, name):
     return sum(count for key, count in kernels.items() if name in key)
 
 
+def _float32_tile_kinds(kernels):
+    """The tile kinds (the last template argument) of the float32 SIMT GEMMs that ran."""
+    return {int(found.group(1)) for key in kernels
+            if (found := re.search(r"(?:gemm_kernel<float, \d, |grads_kernel<float, )(\d)>", key))}
+
+
 @pytest.fixture(scope="module")
 def default_kernels():
     return _run("cuda", {})
@@ -73,10 +84,15 @@ def default_kernels():
 @pytest.mark.parametrize("variant", SWITCHES)
 def test_switch_on_the_gpu(variant, default_kernels):
     kernels = _run("cuda", SWITCHES[variant])
-    if "small_tiles" in variant:  # float32 in the small tiles: the kernels' last template argument
-        assert _launches(kernels, "gemm_kernel<float, 0, true>") and _launches(kernels, "grads_kernel<float, true>"), kernels
+    # Every case is a small output (the small tiles fit each), so one tile kind runs every float32 product.
+    kind = next((kind for name, kind in TILE_KINDS.items() if name in variant), TILE_KINDS["default"])
+    assert _float32_tile_kinds(kernels) == {kind}, kernels
+    assert _launches(kernels, f"gemm_kernel<float, 0, {kind}>"), kernels
+    if kind == TILE_KINDS["wide_thread_tiles"]:  # dX and dW one launch each
+        assert _launches(kernels, f"gemm_kernel<float, 1, {kind}>") and _launches(kernels, f"gemm_kernel<float, 2, {kind}>"), \
+            kernels
     else:
-        assert not _launches(kernels, ", true>"), kernels
+        assert _launches(kernels, f"grads_kernel<float, {kind}>"), kernels
     if "splitk2" in variant:  # shorter slices split more products (the seed's 64x100->10 forward among them)
         assert _launches(kernels, "splitk_reduce_kernel<float") > _launches(default_kernels, "splitk_reduce_kernel<float"), \
             (kernels, default_kernels)

@@ -86,18 +86,18 @@ struct PolicyFor<c10::BFloat16> {
 template <typename T>
 constexpr int kMinBlocksPerSm = std::is_same_v<T, float> || std::is_same_v<T, double> ? 2 : 1;
 
-template <typename T, int MODE, bool SMALL>
-__global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) gemm_kernel(const GemmArgs g) {
-  __shared__ __align__(128) unsigned char smem[Policy<T, SMALL>::SMEM];
-  gemm_body<T, MODE, SMALL>(g, smem, blockIdx.x, gridDim.x);
+template <typename T, int MODE, int TILES>
+__global__ void __launch_bounds__(Policy<T, TILES>::NT, kMinBlocksPerSm<T>) gemm_kernel(const GemmArgs g) {
+  __shared__ __align__(128) unsigned char smem[Policy<T, TILES>::SMEM];
+  gemm_body<T, MODE, TILES>(g, smem, blockIdx.x, gridDim.x);
 }
 
 // The backward's dX and dW (with db) in one grid (grads_body): dx_blocks blocks for dX, the rest for dW.
-template <typename T, bool SMALL>
-__global__ void __launch_bounds__(256, kMinBlocksPerSm<T>) grads_kernel(const GemmArgs dx, const GemmArgs dw,
-                                                                       unsigned dx_blocks) {
-  __shared__ __align__(128) unsigned char smem[Policy<T, SMALL>::SMEM];
-  grads_body<T, SMALL>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x);
+template <typename T, int TILES>
+__global__ void __launch_bounds__(Policy<T, TILES>::NT, kMinBlocksPerSm<T>)
+    grads_kernel(const GemmArgs dx, const GemmArgs dw, unsigned dx_blocks) {
+  __shared__ __align__(128) unsigned char smem[Policy<T, TILES>::SMEM];
+  grads_body<T, TILES>(dx, dw, smem, blockIdx.x, dx_blocks, gridDim.x);
 }
 
 template <typename T, int MODE>
@@ -145,25 +145,27 @@ int64_t split_min_ktiles() {
   return v;
 }
 
-// Whether float32 products take the small-output tiles where they fit (use_small_tiles):
-// TWOLAYER_OPS_SIMT_SMALL_TILES=1. Off until a GPU run times them.
-bool small_tiles_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("TWOLAYER_OPS_SIMT_SMALL_TILES");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  return on;
+bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "1";
 }
 
+// float32's tile kinds (SimtTiles), each off until a GPU run times it: the small-output tiles where they
+// fit (use_small_tiles) with TWOLAYER_OPS_SIMT_SMALL_TILES=1, the 128-thread tiles elsewhere with
+// TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1.
 template <typename T>
-bool small_tiles(const GemmArgs& g, const at::Tensor& like) {
-  return std::is_same_v<T, float> && small_tiles_on() && use_small_tiles<T>(g, sm_count(like));
+int simt_tiles(const GemmArgs& g, const at::Tensor& like) {
+  static const bool small_on = env_on("TWOLAYER_OPS_SIMT_SMALL_TILES");
+  static const bool wide_on = env_on("TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES");
+  if (!std::is_same_v<T, float>) return kDefaultTiles;
+  if (small_on && use_small_tiles<T>(g, sm_count(like))) return kSmallTiles;
+  return wide_on ? kWideThreadTiles : kDefaultTiles;
 }
 
 // Plans g's split over K (plan_split_k) and gives it its workspace: undefined where K is not split.
-template <typename T, int MODE, bool SMALL>
+template <typename T, int MODE, int TILES>
 at::Tensor plan_workspace(GemmArgs& g, const at::Tensor& like) {
-  const int64_t work = plan_split_k<T, MODE, SMALL>(g, sm_count(like), split_min_ktiles());
+  const int64_t work = plan_split_k<T, MODE, TILES>(g, sm_count(like), split_min_ktiles());
   if (work <= 0) return {};
   at::Tensor workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
   g.work = workspace.data_ptr();
@@ -178,16 +180,16 @@ void launch_reduce(const GemmArgs& g, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One product on like's device, in SMALL's tiles; small outputs over a long K split K (plan_split_k),
+// One product on like's device, in TILES' tiles; small outputs over a long K split K (plan_split_k),
 // through a workspace.
-template <typename T, int MODE, bool SMALL>
+template <typename T, int MODE, int TILES>
 void launch_gemm_tiles(GemmArgs g, const at::Tensor& like) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor workspace = plan_workspace<T, MODE, SMALL>(g, like);
-  const int64_t tiles = gemm_tiles<T, SMALL>(g);
+  const at::Tensor workspace = plan_workspace<T, MODE, TILES>(g, like);
+  const int64_t tiles = gemm_tiles<T, TILES>(g);
   if (tiles <= 0) return;  // never launch an empty grid
   const unsigned grid = unsigned(std::min<int64_t>(tiles, INT_MAX));
-  gemm_kernel<T, MODE, SMALL><<<grid, Policy<T, SMALL>::NT, 0, stream>>>(g);
+  gemm_kernel<T, MODE, TILES><<<grid, Policy<T, TILES>::NT, 0, stream>>>(g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if constexpr (MODE != 2) {  // dW never splits: its db row sums run inside its tiles
     if (workspace.defined()) launch_reduce<T, MODE>(g, stream);
@@ -197,32 +199,43 @@ void launch_gemm_tiles(GemmArgs g, const at::Tensor& like) {
 template <typename T, int MODE>
 void launch_gemm(const GemmArgs& g, const at::Tensor& like) {
   if constexpr (std::is_same_v<T, float>) {
-    if (small_tiles<T>(g, like)) return launch_gemm_tiles<T, MODE, true>(g, like);
+    switch (simt_tiles<T>(g, like)) {
+      case kSmallTiles: return launch_gemm_tiles<T, MODE, kSmallTiles>(g, like);
+      case kWideThreadTiles: return launch_gemm_tiles<T, MODE, kWideThreadTiles>(g, like);
+    }
   }
-  launch_gemm_tiles<T, MODE, false>(g, like);
+  launch_gemm_tiles<T, MODE, kDefaultTiles>(g, like);
 }
 
-// The backward's dX and dW (with db) in one launch (grads_kernel), in SMALL's tiles; a dX that splits
+// The backward's dX and dW (with db) in one launch (grads_kernel), in TILES' tiles; a dX that splits
 // K has its slices run there and its reduce pass after.
-template <typename T, bool SMALL>
+template <typename T, int TILES>
 void launch_grads_tiles(GemmArgs dx, GemmArgs dw, const at::Tensor& like) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor workspace = plan_workspace<T, 1, SMALL>(dx, like);
+  const at::Tensor workspace = plan_workspace<T, 1, TILES>(dx, like);
   // Each part's blocks walk its work items (grads_body), so capping a part's blocks only lengthens its walk.
-  const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T, SMALL>(dx), INT_MAX / 2);
-  const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T, SMALL>(dw), INT_MAX / 2);
-  grads_kernel<T, SMALL><<<unsigned(dx_blocks + dw_blocks), Policy<T, SMALL>::NT, 0, stream>>>(dx, dw,
+  const int64_t dx_blocks = std::min<int64_t>(gemm_tiles<T, TILES>(dx), INT_MAX / 2);
+  const int64_t dw_blocks = std::min<int64_t>(gemm_tiles<T, TILES>(dw), INT_MAX / 2);
+  grads_kernel<T, TILES><<<unsigned(dx_blocks + dw_blocks), Policy<T, TILES>::NT, 0, stream>>>(dx, dw,
                                                                                              unsigned(dx_blocks));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (workspace.defined()) launch_reduce<T, 1>(dx, stream);
 }
 
+// One launch runs both products in one tile kind: the small tiles where both fit them. The 128-thread
+// tiles run them one launch each: a kernel with both bodies would spill (each alone takes 245 to 255
+// registers), and they are for products large enough to fill the GPU on their own.
 template <typename T>
 void launch_grads(const GemmArgs& dx, const GemmArgs& dw, const at::Tensor& like) {
   if constexpr (std::is_same_v<T, float>) {
-    if (small_tiles<T>(dx, like) && small_tiles<T>(dw, like)) return launch_grads_tiles<T, true>(dx, dw, like);
+    const int tx = simt_tiles<T>(dx, like), tw = simt_tiles<T>(dw, like);
+    if (tx == kSmallTiles && tw == kSmallTiles) return launch_grads_tiles<T, kSmallTiles>(dx, dw, like);
+    if (tx != kDefaultTiles && tw != kDefaultTiles) {
+      launch_gemm_tiles<T, 1, kWideThreadTiles>(dx, like);
+      return launch_gemm_tiles<T, 2, kWideThreadTiles>(dw, like);
+    }
   }
-  launch_grads_tiles<T, false>(dx, dw, like);
+  launch_grads_tiles<T, kDefaultTiles>(dx, dw, like);
 }
 
 void launch_relu_mask(const at::Tensor& mask, const at::Tensor& val, at::Tensor& dst) {

@@ -221,23 +221,24 @@ __device__ __forceinline__ typename E::acc epilogue_value(typename E::acc v, typ
 }
 
 // ---------------------------------------------------------------------------------------------
-// SIMT policy (float32, float64). 256 threads as 16 x 16 (ty, tx), each owning a TM x TN micro-tile
+// SIMT policy (float32, float64). 16 x TX threads (ty, tx; 256 or 128), each owning a TM x TN micro-tile
 // split into 16-byte groups: rows ty*VS + {0..VS-1} + g * BM/(TM/VS) (same for columns), so that the
 // shared-memory reads are conflict-free 16-byte vectors. Each warp is 4 x 8 of those threads
 // (CUTLASS's SIMT lane layout): a k step's A reads then touch 4 and its B reads 8 distinct vectors,
 // one shared-memory wavefront each, where a 2 x 16 warp needs one for A and two for B.
-// float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread; float's small-output
-// tiles (Policy<float, true>): 64x64x16, 4x4 per thread. Shared tiles As[k][m], Bs[k][n], double-buffered.
+// float: 128x128x8 tiles, 8x8 per thread; double: 64x64x8 tiles, 4x4 per thread; float's other tile
+// kinds (SimtTiles): 64x64x16, 4x4 per thread, and 128x128x8 over 128 threads (16 x 8) of 8x16.
+// Shared tiles As[k][m], Bs[k][n], double-buffered.
 
-template <typename T, int TM_ = sizeof(T) == 4 ? 8 : 4, int BK_ = 8>
+template <typename T, int TM_ = sizeof(T) == 4 ? 8 : 4, int BK_ = 8, int TN_ = TM_, int TX_ = 16>
 struct SimtPolicy {
   using E = Elem<T>;
   using raw = typename E::raw;
   using acc_t = typename E::acc;
-  static constexpr int NT = 256, BK = BK_;
+  static constexpr int TX = TX_, NT = 16 * TX, BK = BK_;  // threads: 16 (m) x TX (n)
   static constexpr int VS = E::VEC;
-  static constexpr int TM = TM_, TN = TM;
-  static constexpr int BM = 16 * TM, BN = 16 * TN;
+  static constexpr int TM = TM_, TN = TN_;
+  static constexpr int BM = 16 * TM, BN = TX * TN;
   static constexpr int GM = TM / VS, GN = TN / VS;  // 16-byte groups per thread and dimension
   static constexpr int LDA = BM + VS, LDB = BN + VS;
   static constexpr int A_SMC = 0, B_SMC = 1;
@@ -251,9 +252,10 @@ struct SimtPolicy {
     acc_t v[TM][TN];
   };
 
-  static_assert(NT == 256 && BM / TM == 16 && BN / TN == 16, "8 warps as 4 (m) x 2 (n), each 4 x 8 threads");
-  __device__ __forceinline__ static int thread_y(int tid) { return (tid / 64) * 4 + (tid % 32) / 8; }
-  __device__ __forceinline__ static int thread_x(int tid) { return (tid / 32) % 2 * 8 + tid % 8; }
+  static constexpr int WN = TX / 8;  // warps along n
+  static_assert(TX % 8 == 0, "warps of 4 (m) x 8 (n) threads, 16 / 4 x TX / 8 of them");
+  __device__ __forceinline__ static int thread_y(int tid) { return (tid / (32 * WN)) * 4 + (tid % 32) / 8; }
+  __device__ __forceinline__ static int thread_x(int tid) { return (tid / 32) % WN * 8 + tid % 8; }
   __device__ __forceinline__ static int row(int i, int ty) { return (i / VS) * (BM / GM) + ty * VS + i % VS; }
   __device__ __forceinline__ static int col(int j, int tx) { return (j / VS) * (BN / GN) + tx * VS + j % VS; }
 
@@ -450,11 +452,20 @@ struct PolicyFor<double> {
   using type = SimtPolicy<double>;
 };
 
-// Small outputs (float only, where the launches choose it: use_small_tiles): a 64x64 tile over 16-deep
-// K-tiles does a quarter of the 128x128 tile's multiply-adds a K-tile and half as many K-tiles. The
-// large tile spends most of its time on rows and columns past a seed-sized output (64x10, 64x100).
-template <typename T, bool SMALL>
-using Policy = std::conditional_t<SMALL, SimtPolicy<T, 4, 16>, typename PolicyFor<T>::type>;
+// float32's tile kinds, chosen per product by the launches (float32 only; each off until a GPU run times it):
+//   kSmallTiles (use_small_tiles): a 64x64 tile over 16-deep K-tiles does a quarter of the 128x128
+//     tile's multiply-adds a K-tile and half as many K-tiles. The large tile spends most of its time
+//     on rows and columns past a seed-sized output (64x10, 64x100).
+//   kWideThreadTiles: the 128x128 tile over 128 threads of 8 x 16 outputs each, where the default has
+//     256 threads of 8 x 8. Each k step then does 128 FMAs per 6 shared-memory loads (64 per 4), and a
+//     K-tile's loads, barrier and loop costs spread over twice the FMAs: 88% of a k-loop trip's
+//     instructions are FMAs (the forward's sm_90a SASS), against 84%. The price: 245 to 255 registers,
+//     so two blocks of 4 warps per SM where the default has two of 8, half the warps to hide latency.
+enum SimtTiles : int { kDefaultTiles = 0, kSmallTiles = 1, kWideThreadTiles = 2 };
+template <typename T, int TILES>
+using Policy = std::conditional_t<TILES == kSmallTiles, SimtPolicy<T, 4, 16>,
+                                  std::conditional_t<TILES == kWideThreadTiles, SimtPolicy<T, 8, 8, 16, 8>,
+                                                     typename PolicyFor<T>::type>>;
 
 // ---------------------------------------------------------------------------------------------
 // The GEMM kernel's body, block `block` of `blocks` (the kernel passes blockIdx.x and gridDim.x; a
@@ -464,17 +475,16 @@ using Policy = std::conditional_t<SMALL, SimtPolicy<T, 4, 16>, typename PolicyFo
 // from shared memory; one barrier per K-tile. smem: the kernel's shared array of P::SMEM bytes,
 // 128-byte aligned (declared by the kernel, so that one kernel running two bodies has one).
 
-template <typename T, int MODE, bool SMALL = false>
+template <typename T, int MODE, int TILES = kDefaultTiles>
 __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem, int64_t block, int64_t blocks) {
-  static_assert(!SMALL || std::is_same_v<T, float>, "small tiles are float32's");
-  using P = Policy<T, SMALL>;
+  static_assert(TILES == kDefaultTiles || std::is_same_v<T, float>, "other tile kinds are float32's");
+  using P = Policy<T, TILES>;
   using E = Elem<T>;
   using raw = typename E::raw;
   using acc_t = typename E::acc;
   constexpr bool MASK = MODE != 0, ROWSUM = MODE == 2;
   constexpr int BM = P::BM, BN = P::BN, BK = P::BK, NT = P::NT;
   static_assert(BM <= NT, "row sums need one thread per tile row");
-  static_assert(NT == 256, "gemm_kernel's launch bounds");
 
   raw* const As = reinterpret_cast<raw*>(smem);
   raw* const Bs = As + 2 * P::A_STAGE;
@@ -550,13 +560,13 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem
 // two products run side by side rather than one after the other, in one launch: the seed's backward
 // is 8 tiles of each on a GPU of 132 SMs. The branch is uniform per block, so each body's barriers
 // stay whole.
-template <typename T, bool SMALL = false>
+template <typename T, int TILES = kDefaultTiles>
 __device__ __forceinline__ void grads_body(const GemmArgs& dx, const GemmArgs& dw, unsigned char* smem, int64_t block,
                                            int64_t dx_blocks, int64_t blocks) {
   if (block < dx_blocks) {
-    gemm_body<T, 1, SMALL>(dx, smem, block, dx_blocks);
+    gemm_body<T, 1, TILES>(dx, smem, block, dx_blocks);
   } else {
-    gemm_body<T, 2, SMALL>(dw, smem, block - dx_blocks, blocks - dx_blocks);
+    gemm_body<T, 2, TILES>(dw, smem, block - dx_blocks, blocks - dx_blocks);
   }
 }
 
@@ -674,9 +684,9 @@ GemmArgs grad_w_args(Mat g, Mat o, Mat x, void* dw, void* db, int64_t M, int64_t
 
 // Work items of a product (output tiles times K slices): the blocks of its grid, before the grid's
 // cap at INT_MAX.
-template <typename T, bool SMALL = false>
+template <typename T, int TILES = kDefaultTiles>
 int64_t gemm_tiles(const GemmArgs& g) {
-  using P = Policy<T, SMALL>;
+  using P = Policy<T, TILES>;
   return ceil_div(g.M, P::BM) * (g.c != nullptr ? ceil_div(g.N, P::BN) : 1) * g.splits;
 }
 
@@ -688,12 +698,12 @@ int64_t gemm_tiles(const GemmArgs& g) {
 // tiles. Sets g's split fields except work; returns the workspace's size in acc elements (0: no split).
 constexpr int64_t kMinKTiles = 8;
 
-template <typename T, int MODE, bool SMALL = false>
+template <typename T, int MODE, int TILES = kDefaultTiles>
 int64_t plan_split_k(GemmArgs& g, int64_t sms, int64_t min_ktiles = kMinKTiles) {
-  using P = Policy<T, SMALL>;
+  using P = Policy<T, TILES>;
   g.splits = 1;
   if (MODE == 2 || g.c == nullptr || g.M <= 0 || g.N <= 0) return 0;
-  const int64_t tiles = gemm_tiles<T, SMALL>(g), nk = ceil_div(g.K, P::BK);
+  const int64_t tiles = gemm_tiles<T, TILES>(g), nk = ceil_div(g.K, P::BK);
   const int64_t want = std::min(2 * sms / std::max<int64_t>(tiles, 1), nk / std::max<int64_t>(min_ktiles, 2));
   if (tiles >= sms || want < 2) return 0;
   g.kper = ceil_div(ceil_div(nk, want), 2) * 2;  // even: each slice starts on shared-memory stage 0
