@@ -6,7 +6,7 @@
 #          benchmark of the issue-6 shapes and the seed's layers, the forward with and without its bias,
 #          float32 in the 128-thread SIMT tiles (off until timed) and their memcheck,
 #          the same sm90 shapes under the GEMM variants that are off until timed (two-block clusters,
-#          the TMA-store epilogue, 16-byte register stores, the merged backward) and their memcheck,
+#          the TMA-store epilogue, 16-byte register stores, the merged backward, stream-K) and their memcheck,
 #          the seed's layers replayed from CUDA graphs (and under the portable GEMMs' switches that are
 #          off until timed: deeper splits over K, float32's small-output tiles), ...
 #   more   (a second call on the same warm machine) every step of `all` after the tests, skipping the
@@ -97,12 +97,12 @@ HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:819
 SEED_CASES="float32:64x1000x100+64x100x10"
 # The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
 # TMA multicast; the TMA-store epilogue; both; 16-byte stores from the registers; the backward's dX and dW
-# in one launch), one process each (the switches are read once).
+# in one launch; stream-K for the last waves), one process each (the switches are read once).
 VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
 variant_kernels() {  # a variant that fails (a trap, a wrong result) does not keep the others from running
   local spec name status=0
   for spec in "clusters CLUSTER=2" "tma_store TMA_STORE=1" "clusters_tma_store CLUSTER=2 TMA_STORE=1" \
-      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1"; do
+      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1" "stream_k STREAM_K=1"; do
     set -- $spec
     name=$1; shift
     echo "== variant $name: ${*/#/TWOLAYER_OPS_SM90_}"
@@ -167,6 +167,9 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
   step sanitize_sm90_wide_merged 45 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_WIDE_STORES=1 TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_wide.json" ragged
+  # Stream-K on a grid of 7 blocks, where the ragged 1000x1024x1000 cases split tiles between blocks.
+  step sanitize_sm90_stream_k 45 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_STREAM_K=1 TWOLAYER_OPS_SM90_GRID=7 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_stream_k.json" ragged
   step kernels_graph 120 bash -c graph_kernels
   step hopper_evidence 75 bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton

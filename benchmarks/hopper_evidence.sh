@@ -7,7 +7,8 @@
 # 2. a quick correctness check of the sm90 path (relative error vs float64 on sampled rows);
 # 3. timings in one run, triton.testing.do_bench medians: the sm90 path in each GEMM variant (the
 #    default; two-block clusters, set_cluster; the TMA-store epilogue, set_tma_store; both; 16-byte
-#    register stores, set_wide_stores; dX and dW in one launch, set_merged_backward), the
+#    register stores, set_wide_stores; dX and dW in one launch, set_merged_backward; stream-K for the
+#    last waves, set_stream_k), the
 #    portable native kernels, cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager
 #    PyTorch, bf16 8192x4096 -> 4096, forward and forward + backward; the sm90 forward under each group
 #    height of its persistent order (set_group_m: 1 to 64 tile-rows), without and with clusters; plus
@@ -61,27 +62,30 @@ def rel(a, r):
     return ((a - r).norm() / r.norm()).item()
 
 # The GEMM variants that are off by default: (blocks per cluster, TMA-store epilogue, 16-byte register
-# stores, merged backward). HOPPER_VARIANTS (comma-separated names) keeps some: a variant that traps ends this process, so
+# stores, merged backward, stream-K). HOPPER_VARIANTS (comma-separated names) keeps some: a variant that traps ends this process, so
 # a rerun leaves it out.
-VARIANTS = {"default": (1, 0, 0, 0), "clusters": (2, 0, 0, 0), "tma_store": (1, 1, 0, 0),
-            "clusters+tma_store": (2, 1, 0, 0), "wide_stores": (1, 0, 1, 0), "merged_backward": (1, 0, 0, 1)}
+VARIANTS = {"default": (1, 0, 0, 0, 0), "clusters": (2, 0, 0, 0, 0), "tma_store": (1, 1, 0, 0, 0),
+            "clusters+tma_store": (2, 1, 0, 0, 0), "wide_stores": (1, 0, 1, 0, 0), "merged_backward": (1, 0, 0, 1, 0),
+            "stream_k": (1, 0, 0, 0, 1)}
 keep = os.environ.get("HOPPER_VARIANTS")
 if keep:
     VARIANTS = {name: VARIANTS[name] for name in ["default"] + keep.split(",") if name in VARIANTS}
 print("variants:", list(VARIANTS))
 
 def use(variant):
-    cluster, tma_store, wide, merged = VARIANTS[variant]
+    cluster, tma_store, wide, merged, stream_k = VARIANTS[variant]
     sm90.set_cluster(cluster)
     sm90.set_tma_store(tma_store)
     sm90.set_wide_stores(wide)
     sm90.set_merged_backward(merged)
+    sm90.set_stream_k(stream_k)
 
 def use_env():
     sm90.set_cluster(-1)
     sm90.set_tma_store(-1)
     sm90.set_wide_stores(-1)
     sm90.set_merged_backward(-1)
+    sm90.set_stream_k(-1)
 
 # Correctness on sampled rows / the full weight gradient, sm90 path on, in every variant.
 sm90.set_mode(1)

@@ -9,8 +9,9 @@ whole session. The worker runs every case once, writes one result per case to a 
 and each parametrized test below reports one case. Run the worker alone with
     TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
 (the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2,
-TWOLAYER_OPS_SM90_TMA_STORE=1, TWOLAYER_OPS_SM90_WIDE_STORES=1 and TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 switch
-on the GEMM variants that test_sm90_path_variants runs every case under).
+TWOLAYER_OPS_SM90_TMA_STORE=1, TWOLAYER_OPS_SM90_WIDE_STORES=1, TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 and
+TWOLAYER_OPS_SM90_STREAM_K=1 switch on the GEMM variants that test_sm90_path_variants runs every case under;
+TWOLAYER_OPS_SM90_GRID=n caps the persistent grid).
 Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
 kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
 """
@@ -338,8 +339,9 @@ CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32"
 
 def worker(out_path, only=None):
     """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and at the
-    end the variant switches and launch counts under "variants" (info()[6:14]: cluster, cluster launches,
-    tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward, merged launches)."""
+    end the variant switches and launch counts under "variants" (info()[6:16]: cluster, cluster launches,
+    tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward, merged launches,
+    stream_k, stream-K launches)."""
     results = {}
     for case_id in CASE_IDS:
         if only and only not in case_id:
@@ -353,7 +355,7 @@ def worker(out_path, only=None):
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
-    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:14]
+    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:16]
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
 
@@ -361,10 +363,12 @@ def worker(out_path, only=None):
 # ---- the tests -----------------------------------------------------------------------------------------
 
 # The GEMM variants that are off by default, as the worker's environment: two-block clusters sharing B by
-# TMA multicast, the TMA-store epilogue, both, 16-byte stores from the registers, and the backward's two
-# products in one launch (alone and in clusters).
+# TMA multicast, the TMA-store epilogue, both, 16-byte stores from the registers, the backward's two
+# products in one launch (alone and in clusters), and stream-K for the last waves (on the whole GPU, where
+# the big cases share tiles out; and on a grid of 7 blocks, where most cases do, the TMA-store epilogue on).
 DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0",
-                    "TWOLAYER_OPS_SM90_WIDE_STORES": "0", "TWOLAYER_OPS_SM90_MERGED_BACKWARD": "0"}
+                    "TWOLAYER_OPS_SM90_WIDE_STORES": "0", "TWOLAYER_OPS_SM90_MERGED_BACKWARD": "0",
+                    "TWOLAYER_OPS_SM90_STREAM_K": "0", "TWOLAYER_OPS_SM90_GRID": "0"}
 VARIANTS = {
     "clusters": {"TWOLAYER_OPS_SM90_CLUSTER": "2"},
     "tma_store": {"TWOLAYER_OPS_SM90_TMA_STORE": "1"},
@@ -372,6 +376,9 @@ VARIANTS = {
     "wide_stores": {"TWOLAYER_OPS_SM90_WIDE_STORES": "1"},
     "merged_backward": {"TWOLAYER_OPS_SM90_MERGED_BACKWARD": "1"},
     "clusters_merged_backward": {"TWOLAYER_OPS_SM90_CLUSTER": "2", "TWOLAYER_OPS_SM90_MERGED_BACKWARD": "1"},
+    "stream_k": {"TWOLAYER_OPS_SM90_STREAM_K": "1"},
+    "stream_k_grid7_tma_store": {"TWOLAYER_OPS_SM90_STREAM_K": "1", "TWOLAYER_OPS_SM90_GRID": "7",
+                                 "TWOLAYER_OPS_SM90_TMA_STORE": "1"},
 }
 
 
@@ -414,15 +421,16 @@ def test_sm90_path_variants(tmp_path, variant):
     counts leave a cluster's second block past M; B tiles half past N; the MN-major backward operands;
     TF32), the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
     store, keeps the register stores), the 16-byte stores (16-bit C; rows past M; the last tile-column
-    and rows not 16-byte aligned keep the pair stores) and the merged backward (dX and dW tiles in one
-    grid). One test per variant, so one process runs each worker."""
+    and rows not 16-byte aligned keep the pair stores), the merged backward (dX and dW tiles in one
+    grid) and stream-K (tiles split between blocks, the partial sums added in block order; the results
+    must stay deterministic). One test per variant, so one process runs each worker."""
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     missing = [c for c in CASE_IDS if c not in results]
     assert not missing, f"the worker reported nothing for {missing} (a crash or a hang?):\n{log}"
     failed = {c: r for c, r in results.items() if c in CASE_IDS and r != "ok"}
     assert not failed, "\n\n".join(f"{c}:\n{r}" for c, r in failed.items())
-    cluster, cluster_launches, tma_store, tma_store_launches, wide, wide_launches, merged, merged_launches = \
-        results["variants"]
+    (cluster, cluster_launches, tma_store, tma_store_launches, wide, wide_launches, merged, merged_launches, stream_k,
+     stream_k_launches) = results["variants"]
     want_cluster = "clusters" in variant
     want_tma_store = "tma_store" in variant
     want_wide = "wide_stores" in variant
@@ -431,6 +439,8 @@ def test_sm90_path_variants(tmp_path, variant):
     assert tma_store == int(want_tma_store) and (tma_store_launches > 0) == want_tma_store, results["variants"]
     assert wide == int(want_wide) and (wide_launches > 0) == want_wide, results["variants"]
     assert merged == int(want_merged) and (merged_launches > 0) == want_merged, results["variants"]
+    want_stream_k = "stream_k" in variant
+    assert stream_k == int(want_stream_k) and (stream_k_launches > 0) == want_stream_k, results["variants"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -441,10 +451,10 @@ def test_worker_runs_under_the_variant_switches(tmp_path, variant):
         pytest.skip("extension built without CUDA")
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     assert set(CASE_IDS) <= set(results), log
-    cluster, _, tma_store, _, wide, _, merged, _ = results["variants"]
+    cluster, _, tma_store, _, wide, _, merged, _, stream_k, _ = results["variants"]
     want = (2 if "clusters" in variant else 1, int("tma_store" in variant), int("wide_stores" in variant),
-            int("merged_backward" in variant))
-    assert (cluster, tma_store, wide, merged) == want, results["variants"]
+            int("merged_backward" in variant), int("stream_k" in variant))
+    assert (cluster, tma_store, wide, merged, stream_k) == want, results["variants"]
 
 
 @pytest.mark.cuda
@@ -468,7 +478,7 @@ def test_introspection_ops_without_a_gpu_run():
     if ops is None:
         pytest.skip("extension built without CUDA")
     (mode, env, probe, fwd, bwd, _, cluster, cluster_launches, _, tma_store_launches, _, wide_launches, _,
-     merged_launches) = ops.info()
+     merged_launches, _, stream_k_launches) = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -489,13 +499,14 @@ def test_introspection_ops_without_a_gpu_run():
     assert ops.info()[6] == 2
     ops.set_cluster(-1)
     assert ops.info()[6] == cluster
-    assert tma_store_launches >= 0 and wide_launches >= 0 and merged_launches >= 0
+    assert tma_store_launches >= 0 and wide_launches >= 0 and merged_launches >= 0 and stream_k_launches >= 0
     # The on/off switches: (op, info() index, environment variable, on by default). A switch on by default
     # is off when its variable reads "0"; one off by default is on when it reads "1".
     for op, index, variable, default in (("set_tf32", 5, "TWOLAYER_OPS_SM90_TF32", True),
                                          ("set_tma_store", 8, "TWOLAYER_OPS_SM90_TMA_STORE", False),
                                          ("set_wide_stores", 10, "TWOLAYER_OPS_SM90_WIDE_STORES", False),
-                                         ("set_merged_backward", 12, "TWOLAYER_OPS_SM90_MERGED_BACKWARD", False)):
+                                         ("set_merged_backward", 12, "TWOLAYER_OPS_SM90_MERGED_BACKWARD", False),
+                                         ("set_stream_k", 14, "TWOLAYER_OPS_SM90_STREAM_K", False)):
         from_env = ops.info()[index]
         flipped = os.environ.get(variable) == ("0" if default else "1")
         assert from_env == int(default != flipped), (variable, from_env)

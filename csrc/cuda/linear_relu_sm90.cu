@@ -33,6 +33,8 @@
 //     Every epilogue takes its bias from registers, loaded while the tile's last wgmma batch runs.
 //   * K, M, N tails: TMA fills out-of-range elements with zeros; boxes that lie wholly outside the
 //     matrix are not issued (their stale shared memory only reaches rows / columns never stored).
+//   * Optionally (set_stream_k(1), TWOLAYER_OPS_SM90_STREAM_K=1; off until timed) stream-K for the last
+//     waves: their tiles are shared out by K-blocks, evenly over the blocks (plan_stream_k).
 // Uses:
 //   forward  A = x (M,K) K-major, B = W (N,K) K-major, epilogue + bias, ReLU.
 //   dX       A = Gm (M,N) K-major, B[k=n][j] = W[n][j]: W is MN-major;   C = dX (M,K).
@@ -98,8 +100,9 @@ constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
 [[maybe_unused]] constexpr int kBox = 64 * 64 * 2;                 // one MN-major box: 64 (M or N) x 64 (K), 8 KB
 constexpr int kCBox = 64 * kRowBytes;              // one C box of the TMA-store epilogue: 64 rows x 128 bytes
+constexpr int kMaxSkPieces = 3;                    // a block's stream-K range touches at most 3 tiles
 constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + kConsumers * 2 * kCBox + 1024 /* alignment slack */ +
-                           2 * kStages * 8;
+                           2 * kStages * 8 + 4 * (1 + 3 * kMaxSkPieces);
 constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
 
@@ -112,6 +115,13 @@ struct GemmArgs {
   int pair_ok = 0;    // C rows take stores of element pairs (ldc even, C aligned to a pair)
   int tma_store = 0;  // the epilogue stores C through shared memory and TMA (the kernel's tma_c)
   int wide_stores = 0;  // else 16-byte stores of 16-bit C (rows 16-byte aligned) where a tile's columns all fit
+  // Stream-K (plan_stream_k; single blocks only): the last sk_tiles tiles are shared out by K-blocks,
+  // block b taking sk_per of them (+1 for b < sk_extra) from sk_start(b). The block that holds a shared
+  // tile's first K-blocks adds the other blocks' partial sums, sk_partials[b] (kBM x kBN floats each),
+  // once their sk_flags[b] read 1. sk_tiles 0: every tile whole.
+  int sk_tiles = 0, sk_per = 0, sk_extra = 0;
+  float* sk_partials = nullptr;
+  int* sk_flags = nullptr;
 };
 
 // The element types: float16, bfloat16, and float32 read as TF32 where torch allows TF32. wgmma takes
@@ -241,6 +251,12 @@ __device__ __forceinline__ void tile_coords(int t, const GemmArgs& a, int& tm, i
   tn = r / rows;
 }
 
+// The tiles that run whole: all but the last sk_tiles (stream-K, plan_stream_k).
+__device__ __forceinline__ int whole_tiles(const GemmArgs& a) { return a.tiles_m * a.tiles_n - a.sk_tiles; }
+
+// Where block `cta` starts in the stream-K tiles' K-blocks, one sequence split evenly over the blocks:
+// sk_per each, one more for the first sk_extra (no division: consume_tile's waiting loop calls it).
+__device__ __forceinline__ int sk_start(const GemmArgs& a, int cta) { return cta * a.sk_per + min(cta, a.sk_extra); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -379,6 +395,25 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// A flag between blocks, as CUTLASS's GenericBarrier: the writer fences (acq_rel, GPU scope: its block's
+// writes that a barrier ordered before it are then visible first), the reader loads with acquire.
+__device__ __forceinline__ void flag_release(int* flag) {
+  asm volatile("fence.acq_rel.gpu;\nst.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(flag), "r"(1) : "memory");
+}
+__device__ __forceinline__ int flag_acquire(const int* flag) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
+// Waits for the flag to read 1; traps after ~2^34 cycles, as mbar_wait does.
+__device__ __forceinline__ void flag_wait(const int* flag) {
+  const long long start = clock64();
+  while (flag_acquire(flag) == 0) {
+    if (clock64() - start > (1ll << 34)) __trap();
+    __nanosleep(256);
+  }
+}
+
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
@@ -474,15 +509,59 @@ __device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint64_t desc_a, 
 // ---- the GEMM kernels -------------------------------------------------------------------------------
 
 // A block's shared memory (addresses in the shared window): the ring's A and B stages, the C boxes of
-// the TMA-store epilogue, and the ring's barriers (full[kStages], then empty[kStages]).
+// the TMA-store epilogue, the ring's barriers (full[kStages], then empty[kStages]) and the block's
+// stream-K pieces.
 struct Smem {
-  uint32_t sa, sb, sc, bars;
+  uint32_t sa, sb, sc, bars, work;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ int lds(uint32_t addr) {  // volatile: read where used, not held in registers
+  int v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+// Block `cta` of `ctas` runs its range [sk_start(cta), sk_start(cta + 1)) of the stream-K tiles'
+// K-blocks first, as pieces cut at tile boundaries (a tile's last part, whole tiles, a tile's first
+// part), then whole tiles cta, cta + ctas, ... of the first whole_tiles. A tile's later parts are thus
+// their blocks' first work, and only its first part's block waits for them (consume_tile): no block
+// waits on one that waits. One thread writes the pieces to shared memory at `work` (a count, then t, kb0,
+// kb1 each) when the block starts; the loops read them there. Worked out in the loops, the pieces took
+// registers the consumers do not have: ptxas spilled their accumulators.
+__device__ __forceinline__ void plan_sk_pieces(const GemmArgs& a, int cta, uint32_t work) {
+  int s = sk_start(a, cta), n = 0;
+  const int e = sk_start(a, cta + 1);
+  while (s < e && n < kMaxSkPieces) {
+    const int kb0 = s % a.k_blocks, kb1 = min(a.k_blocks, kb0 + (e - s));
+    const uint32_t piece = work + 4 + 12 * n++;
+    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\nst.shared.b32 [%0+8], %3;\n" ::"r"(piece),
+                 "r"(whole_tiles(a) + s / a.k_blocks), "r"(kb0), "r"(kb1) : "memory");
+    s += kb1 - kb0;
+  }
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(work), "r"(n) : "memory");
+}
+
+// Piece i of block `cta`'s work: K-blocks [kb0, kb1) of tile t; false past the end.
+__device__ __forceinline__ bool work_piece(const GemmArgs& a, const Smem& sm, int cta, int ctas, int i, int& t,
+                                          int& kb0, int& kb1) {
+  const int pieces = lds(sm.work);
+  if (i < pieces) {
+    t = lds(sm.work + 4 + 12 * i);
+    kb0 = lds(sm.work + 8 + 12 * i);
+    kb1 = lds(sm.work + 12 + 12 * i);
+    return true;
+  }
+  t = cta + (i - pieces) * ctas;
+  kb0 = 0;
+  kb1 = a.k_blocks;
+  return t < whole_tiles(a);
+}
+
 // Carves the shared memory and initializes the ring's barriers, for every block of the cluster.
+// sk: the GEMM whose stream-K pieces this block plans (nullptr: none, as in the pair kernel).
 template <int CL>
-__device__ __forceinline__ Smem start_block(unsigned char* smem_raw) {
+__device__ __forceinline__ Smem start_block(unsigned char* smem_raw, const GemmArgs* sk = nullptr) {
   // Stage buffers 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of 128 bytes.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   Smem sm;
@@ -490,7 +569,13 @@ __device__ __forceinline__ Smem start_block(unsigned char* smem_raw) {
   sm.sb = sm.sa + kStages * kABytes;           // kStages x B tile
   sm.sc = sm.sb + kStages * kBBytes;           // kConsumers x 2 C boxes (TMA-store epilogue)
   sm.bars = sm.sc + kConsumers * 2 * kCBox;    // full[kStages], then empty[kStages]
+  sm.work = sm.bars + 2 * kStages * 8;
   if (threadIdx.x == 0) {
+    if (sk != nullptr) {
+      plan_sk_pieces(*sk, int(blockIdx.x), sm.work);
+    } else {
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sm.work), "r"(0) : "memory");
+    }
     for (int s = 0; s < kStages; ++s) {
       mbar_init(sm.bars + 8 * s, 1);                                 // the producer's arrive.expect_tx
       mbar_init(sm.bars + 8 * (kStages + s), CL * kConsumers * 4);  // each consumer warp of the cluster
@@ -514,10 +599,11 @@ __device__ __forceinline__ void finish_block(bool tma_store) {
 }
 
 // The producer thread's part of output tile t (t counts tiles of CL blocks; this block takes tile-row
-// CL * row + rank): the tile's K-tiles into the ring, one stage after another.
+// CL * row + rank): the tile's K-tiles kb0 .. kb1 - 1 into the ring, one stage after another.
 template <int DT, int TA, int TB, int CL>
 __device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUtensorMap& tma_b, const GemmArgs& args,
-                                             int t, int rank, const Smem& sm, int& stage, uint32_t& phase) {
+                                             int t, int kb0, int kb1, int rank, const Smem& sm, int& stage,
+                                             uint32_t& phase) {
   int tm, tn;
   tile_coords(t, args, tm, tn);
   tm = tm * CL + rank;
@@ -529,7 +615,7 @@ __device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUt
   const int a_boxes = TA ? (a_rows + 63) / 64 : (a_rows > 0);
   const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : min(CL, (args.N - n0 + kBN / CL - 1) / (kBN / CL));
   const uint32_t bytes = uint32_t(a_boxes * (TA ? kBox : kABytes)) + uint32_t(b_boxes * (TB ? kBox : kBBytes / CL));
-  for (int kb = 0; kb < args.k_blocks; ++kb) {
+  for (int kb = kb0; kb < kb1; ++kb) {
     const int k0 = kb * kBK<DT>;
     const uint32_t full = sm.bars + 8 * stage, empty = sm.bars + 8 * (kStages + stage);
     mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
@@ -557,11 +643,12 @@ __device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUt
   }
 }
 
-// A consumer warpgroup's part of output tile t (rows cw * 64 .. cw * 64 + 63 of it): wgmma on the ring,
-// then the epilogue.
+// A consumer warpgroup's part of output tile t (rows cw * 64 .. cw * 64 + 63 of it): wgmma on the ring
+// over the tile's K-tiles kb0 .. kb1 - 1, then the epilogue. This block is `cta` of `ctas`.
 template <int DT, int TA, int TB, bool RELU, int CL>
 __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMap& tma_c, const GemmArgs& args, int t,
-                                             int rank, int cw, const Smem& sm, int& stage, uint32_t& phase) {
+                                             int kb0, int kb1, int cta, int ctas, int rank, int cw, const Smem& sm,
+                                             int& stage, uint32_t& phase) {
   using E = Elt<DT>;
   using raw = typename E::raw;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -582,7 +669,7 @@ __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMa
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
   int prev = 0;
-  for (int kb = 0; kb < args.k_blocks; ++kb) {
+  for (int kb = kb0; kb < kb1; ++kb) {
     mbar_wait(sm.bars + 8 * stage, phase);
     // This warpgroup's 64 rows of A: 64 K-major rows of 128 bytes, or the cw-th 64 x 64 MN-major
     // box; both start 8 KB in.
@@ -600,7 +687,7 @@ __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMa
       wgmma_commit();
     }
     fence_acc(acc);
-    if (kb > 0) {  // the previous stage's batch has retired: hand its buffers back
+    if (kb > kb0) {  // the previous stage's batch has retired: hand its buffers back
       wgmma_wait<1>();
       fence_acc(acc);
       release(prev);
@@ -615,11 +702,42 @@ __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMa
   // warp * 16 + lane / 4 + 8h, column 8j + 2 (lane % 4) + e of this warpgroup's 64 x 256 block.
   const int64_t row = int64_t(tm) * kBM + cw * 64 + warp * 16 + lane / 4;
   const int64_t col = int64_t(tn) * kBN + (lane % 4) * 2;
+  // A stream-K part (plan_stream_k): a later part (kb0 > 0) goes to this block's partial sums for the
+  // block that holds the tile's first; that block adds the others' before its epilogue.
+  const bool part = kb0 > 0 || kb1 < args.k_blocks;
   TileBias<DT> tile_bias;
   tile_bias.load(args, col);  // while the last wgmma batch runs
   wgmma_wait<0>();
   fence_acc(acc);
-  if (args.k_blocks > 0) release(prev);
+  if (kb1 > kb0) release(prev);
+  if (part) {
+    // Partial sums in float4 q of consumer thread c at q * 256 + c: each warp's stores and loads are 512
+    // contiguous bytes. Barrier 3 joins the 256 consumer threads.
+    const int ct = int(threadIdx.x) - 128;
+    if (kb0 > 0) {
+      float4* mine = reinterpret_cast<float4*>(args.sk_partials + int64_t(cta) * (kBM * kBN));
+#pragma unroll
+      for (int q = 0; q < 32; ++q) __stcg(mine + q * 256 + ct, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+      named_barrier(3, 256);
+      if (ct == 0) flag_release(args.sk_flags + cta);
+      return;
+    }
+    // The first part: add the later ones, blocks cta + 1, ... in order (deterministic), as each is ready.
+    const int tile_end = (t - whole_tiles(args) + 1) * args.k_blocks;
+    for (int other = cta + 1; other < ctas && sk_start(args, other) < tile_end; ++other) {
+      if (ct == 0) flag_wait(args.sk_flags + other);
+      named_barrier(3, 256);
+      const float4* theirs = reinterpret_cast<const float4*>(args.sk_partials + int64_t(other) * (kBM * kBN));
+#pragma unroll
+      for (int q = 0; q < 32; ++q) {
+        const float4 v = __ldcg(theirs + q * 256 + ct);
+        acc[4 * q] += v.x;
+        acc[4 * q + 1] += v.y;
+        acc[4 * q + 2] += v.z;
+        acc[4 * q + 3] += v.w;
+      }
+    }
+  }
   const bool row_ok[2] = {row < args.M, row + 8 < args.M};
   raw* const C = static_cast<raw*>(args.c);
   if (args.tma_store) {
@@ -743,10 +861,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
   extern __shared__ unsigned char smem_raw[];
-  const Smem sm = start_block<CL>(smem_raw);
+  const Smem sm = start_block<CL>(smem_raw, CL == 1 ? &args : nullptr);  // stream-K: single blocks only
   int rank = 0, cluster = int(blockIdx.x), clusters = int(gridDim.x);
   if constexpr (CL > 1) cluster_position(rank, cluster, clusters);
-  const int tiles = args.tiles_m * args.tiles_n;
   int stage = 0;
   uint32_t phase = 0;
   if (threadIdx.x < 128) {
@@ -755,15 +872,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) {
       prefetch_tmap(&tma_a);
       prefetch_tmap(&tma_b);
-      for (int t = cluster; t < tiles; t += clusters)
-        produce_tile<DT, TA, TB, CL>(tma_a, tma_b, args, t, rank, sm, stage, phase);
+      for (int i = 0, t, kb0, kb1; work_piece(args, sm, cluster, clusters, i, t, kb0, kb1); ++i)
+        produce_tile<DT, TA, TB, CL>(tma_a, tma_b, args, t, kb0, kb1, rank, sm, stage, phase);
     }
   } else {
     // ---- consumer warpgroups --------------------------------------------------------------------------
     setmaxnreg_inc<kConsumerRegs>();
     float acc[128];
-    for (int t = cluster; t < tiles; t += clusters)
-      consume_tile<DT, TA, TB, RELU, CL>(acc, tma_c, args, t, rank, threadIdx.x / 128 - 1, sm, stage, phase);
+    const int cw = threadIdx.x / 128 - 1;
+    for (int i = 0, t, kb0, kb1; work_piece(args, sm, cluster, clusters, i, t, kb0, kb1); ++i)
+      consume_tile<DT, TA, TB, RELU, CL>(acc, tma_c, args, t, kb0, kb1, cluster, clusters, rank, cw, sm, stage, phase);
   }
   finish_block<CL>(args.tma_store);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL: other images get an empty kernel that the host never launches
@@ -797,9 +915,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_tmap(&tma_b2);
       for (int t = cluster; t < tiles; t += clusters) {
         if (t < tiles1) {
-          produce_tile<DT, TA1, TB1, CL>(tma_a1, tma_b1, args1, t, rank, sm, stage, phase);
+          produce_tile<DT, TA1, TB1, CL>(tma_a1, tma_b1, args1, t, 0, args1.k_blocks, rank, sm, stage, phase);
         } else {
-          produce_tile<DT, TA2, TB2, CL>(tma_a2, tma_b2, args2, t - tiles1, rank, sm, stage, phase);
+          produce_tile<DT, TA2, TB2, CL>(tma_a2, tma_b2, args2, t - tiles1, 0, args2.k_blocks, rank, sm, stage, phase);
         }
       }
     }
@@ -809,9 +927,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int cw = threadIdx.x / 128 - 1;
     for (int t = cluster; t < tiles; t += clusters) {
       if (t < tiles1) {
-        consume_tile<DT, TA1, TB1, false, CL>(acc, tma_c1, args1, t, rank, cw, sm, stage, phase);
+        consume_tile<DT, TA1, TB1, false, CL>(acc, tma_c1, args1, t, 0, args1.k_blocks, cluster, clusters, rank, cw, sm,
+                                              stage, phase);
       } else {
-        consume_tile<DT, TA2, TB2, false, CL>(acc, tma_c2, args2, t - tiles1, rank, cw, sm, stage, phase);
+        consume_tile<DT, TA2, TB2, false, CL>(acc, tma_c2, args2, t - tiles1, 0, args2.k_blocks, cluster, clusters,
+                                              rank, cw, sm, stage, phase);
       }
     }
   }
@@ -948,10 +1068,11 @@ Switch g_tf32{"TWOLAYER_OPS_SM90_TF32", "set_tf32", true};
 Switch g_tma_store{"TWOLAYER_OPS_SM90_TMA_STORE", "set_tma_store", false};
 Switch g_wide_stores{"TWOLAYER_OPS_SM90_WIDE_STORES", "set_wide_stores", false};
 Switch g_merged_backward{"TWOLAYER_OPS_SM90_MERGED_BACKWARD", "set_merged_backward", false};
+Switch g_stream_k{"TWOLAYER_OPS_SM90_STREAM_K", "set_stream_k", false};
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
 std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
-    g_wide_store_launches{0}, g_merged_launches{0};
+    g_wide_store_launches{0}, g_merged_launches{0}, g_stream_k_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -1081,6 +1202,18 @@ int sm_count(int device) {
   return n;
 }
 
+// The persistent grid of single blocks for `tiles` tiles: a block per SM, or fewer where
+// TWOLAYER_OPS_SM90_GRID (a count) caps it, so that tests walk many tiles a block and share out tiles
+// by stream-K on small problems.
+int persistent_blocks(int tiles, int device) {
+  static const int cap = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_SM90_GRID");
+    return v != nullptr ? std::max(0, std::atoi(v)) : 0;
+  }();
+  const int sms = sm_count(device);
+  return std::min(tiles, cap > 0 ? std::min(cap, sms) : sms);
+}
+
 // Raises KERNEL's dynamic shared-memory limit to kSmemBytes, once per device.
 template <auto KERNEL>
 void allow_smem(int device) {
@@ -1167,7 +1300,7 @@ void launch_persistent(int tiles, int device, const Args&... args) {
   allow_smem<KERNEL>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   if constexpr (CL == 1) {
-    KERNEL<<<std::min(tiles, sm_count(device)), kThreads, kSmemBytes, stream>>>(args...);
+    KERNEL<<<persistent_blocks(tiles, device), kThreads, kSmemBytes, stream>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     cudaLaunchAttribute attr;
@@ -1177,10 +1310,42 @@ void launch_persistent(int tiles, int device, const Args&... args) {
   }
 }
 
+// Stream-K (set_stream_k(1), TWOLAYER_OPS_SM90_STREAM_K=1; off until a GPU run times it). When the
+// tiles are not a whole number of waves, the last wave runs on fewer SMs than there are: 100 of 132 at
+// 8192x4096 -> 4096 (1024 tiles), 68 at 8192^3, 4 at 8192x4096 -> 16384; each costs about 3% of the
+// GEMM. Here the last whole wave and the partial one (blocks + tail tiles) are shared out by K-blocks
+// instead, evenly over the blocks, so that every block ends at about the same time: each block runs its
+// range of those tiles' K-blocks, then its whole tiles (plan_sk_pieces). A tile split between blocks is
+// finished by the block that holds its first K-blocks, after adding the others' partial sums (through a
+// workspace of one float32 tile per block and a flag each; in block order: deterministic). Only that
+// block waits, on the blocks after it, whose parts of the tile are their first work: none of them has
+// waited before, so none can deadlock while all run at once (one block per SM). Needs 4 or more K-blocks
+// a tile. Sets a's stream-K fields; returns the workspace, to keep until the kernel is queued (freed
+// stream-ordered), or none.
+at::Tensor plan_stream_k(GemmArgs& a, int tiles, int device) {
+  if (!g_stream_k.on() || a.k_blocks < 4) return {};
+  const int blocks = persistent_blocks(tiles, device), tail = tiles % blocks;
+  // Under two tiles' K-blocks a block (tail < blocks): a range touches at most kMaxSkPieces tiles.
+  const int64_t k_blocks = int64_t(blocks + tail) * a.k_blocks;
+  if (tiles <= blocks || tail == 0 || k_blocks >= INT_MAX) return {};
+  a.sk_tiles = blocks + tail;
+  a.sk_per = int(k_blocks / blocks);
+  a.sk_extra = int(k_blocks % blocks);
+  const int64_t floats = int64_t(blocks) * kBM * kBN;
+  at::Tensor workspace = at::empty({floats + blocks}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device));
+  workspace.narrow(0, floats, blocks).zero_();  // the flags: int 0 has float 0's bits
+  a.sk_partials = workspace.data_ptr<float>();
+  a.sk_flags = reinterpret_cast<int*>(a.sk_partials + floats);
+  g_stream_k_launches.fetch_add(1);
+  return workspace;
+}
+
 template <int DT, int TA, int TB, bool RELU, int CL>
 void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
   CUtensorMap mc;
   const int tiles = plan_gemm<DT, CL>(a, mc);
+  at::Tensor workspace;
+  if constexpr (CL == 1) workspace = plan_stream_k(a, tiles, device);
   launch_persistent<sm90_gemm_kernel<DT, TA, TB, RELU, CL>, CL>(tiles, device, ma, mb, mc, a);
 }
 
@@ -1316,7 +1481,8 @@ std::vector<int64_t> info_op() {
   return {int64_t(g_path.mode()), int64_t(g_path.env_on()), probe, g_forward_calls.load(), g_backward_calls.load(),
           int64_t(g_tf32.on()), int64_t(cluster_setting()), g_cluster_launches.load(), int64_t(g_tma_store.on()),
           g_tma_store_launches.load(), int64_t(g_wide_stores.on()), g_wide_store_launches.load(),
-          int64_t(g_merged_backward.on()), g_merged_launches.load()};
+          int64_t(g_merged_backward.on()), g_merged_launches.load(), int64_t(g_stream_k.on()),
+          g_stream_k_launches.load()};
 }
 
 void set_mode_op(int64_t mode) { g_path.set(mode); }
@@ -1324,6 +1490,7 @@ void set_tf32_op(int64_t mode) { g_tf32.set(mode); }
 void set_tma_store_op(int64_t mode) { g_tma_store.set(mode); }
 void set_wide_stores_op(int64_t mode) { g_wide_stores.set(mode); }
 void set_merged_backward_op(int64_t mode) { g_merged_backward.set(mode); }
+void set_stream_k_op(int64_t mode) { g_stream_k.set(mode); }
 
 void set_cluster_op(int64_t blocks) {
   TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
@@ -1430,7 +1597,7 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
 // cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward,
-// merged launches]. See sm90.h.
+// merged launches, stream_k, stream-K launches]. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
@@ -1442,6 +1609,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 // store C); -1 follow TWOLAYER_OPS_SM90_WIDE_STORES, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_merged_backward(m): the backward's dX and dW in one launch; -1 follow
 // TWOLAYER_OPS_SM90_MERGED_BACKWARD, 0 off, 1 on.
+// torch.ops.twolayer_ops_sm90.set_stream_k(m): the last waves' tiles shared out by K-blocks (single-block
+// launches); -1 follow TWOLAYER_OPS_SM90_STREAM_K, 0 off, 1 on.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
@@ -1451,4 +1620,5 @@ TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("set_tma_store(int mode) -> ()", &twolayer_ops::sm90::set_tma_store_op);
   m.def("set_wide_stores(int mode) -> ()", &twolayer_ops::sm90::set_wide_stores_op);
   m.def("set_merged_backward(int mode) -> ()", &twolayer_ops::sm90::set_merged_backward_op);
+  m.def("set_stream_k(int mode) -> ()", &twolayer_ops::sm90::set_stream_k_op);
 }

@@ -18,11 +18,11 @@
 //     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls, tf32,
 // cluster, cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches,
-// merged_backward, merged launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
+// merged_backward, merged launches, stream_k, stream-K launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
 // -1 no CUDA device; tf32: the TF32 switch; cluster: blocks per cluster, 1 or 2; tma_store: the
 // TMA-store switch; wide_stores: the 16-byte-store switch; the launch counts: GEMMs run in two-block
 // clusters, GEMMs that stored C by TMA, GEMMs that stored 16-bit C in 16-byte stores, backwards whose dX and
-// dW ran in one launch)
+// dW ran in one launch, GEMMs whose last waves' tiles were shared out by K-blocks)
 // for tests and benchmarks;
 // torch.ops.twolayer_ops_sm90.set_group_m(g) sets the persistent tile order's group height (0: the
 // default, 16), for tuning sweeps;
@@ -36,8 +36,12 @@
 // 0: pair stores; -1: back to TWOLAYER_OPS_SM90_WIDE_STORES, where 1 turns it on);
 // torch.ops.twolayer_ops_sm90.set_merged_backward(1) runs the backward's dX and dW in one persistent
 // launch, their tiles in one sequence, so that they share one partial last wave (0: a launch each; -1:
-// back to TWOLAYER_OPS_SM90_MERGED_BACKWARD, where 1 turns it on).
-// All four off by default: written without a GPU, they wait for a GPU run to check and time them.
+// back to TWOLAYER_OPS_SM90_MERGED_BACKWARD, where 1 turns it on);
+// torch.ops.twolayer_ops_sm90.set_stream_k(1) shares the tiles of a single-block GEMM's last whole wave
+// and its partial one out by K-blocks, so that no SM idles through the partial wave (0: whole tiles;
+// -1: back to TWOLAYER_OPS_SM90_STREAM_K, where 1 turns it on). TWOLAYER_OPS_SM90_GRID=n caps the
+// persistent grid of single blocks at n (for tests: many tiles a block, stream-K on small problems).
+// All five off by default: written without a GPU, they wait for a GPU run to check and time them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
