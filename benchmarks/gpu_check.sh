@@ -162,7 +162,7 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
     --cases "float32:4096x4096x4096" --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_simt_wide.csv"
   step sanitize_simt_wide 40 env TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
-  step kernels_variants 220 bash -c variant_kernels
+  step kernels_variants 260 bash -c variant_kernels
   step sanitize_sm90_variants 60 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 TWOLAYER_OPS_SM90_TMA_STORE=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_variants.json" ktail
   step sanitize_sm90_wide_merged 45 env TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_WIDE_STORES=1 TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 \
