@@ -7,6 +7,7 @@
 //     SIMT and WMMA), one block after another (its blocks never wait for each other).
 //   emulated_quad_transpose: the sm90 epilogue's exchange of words in each quad of a warp
 //     (csrc/cuda/quad_transpose.h).
+//   emulated_stream_k: the sm90 GEMM's stream-K schedule (csrc/cuda/stream_k.h), plain host code.
 // tests/conftest.py builds it as a shared library for the tests (through ctypes) and, with
 // -DEMULATION_MAIN -fsanitize=thread, as a program that runs fused-step launches under ThreadSanitizer.
 #include <cmath>
@@ -226,6 +227,7 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 
 #include "../csrc/cuda/linear_relu_gemm.h"
 #include "../csrc/cuda/quad_transpose.h"
+#include "../csrc/cuda/stream_k.h"
 
 // The 16-bit element types (linear_relu.cu has CUDA's): raw bits, computed in float, WMMA policy.
 namespace twolayer_ops {
@@ -572,6 +574,34 @@ extern "C" int emulated_quad_transpose(uint32_t* words) {
     quad_transpose(w, lane % 4, [](uint32_t v, int m) { return shfl_xor(v, m); });
     for (int i = 0; i < 4; ++i) words[4 * lane + i] = w[i];
   });
+  return 0;
+}
+
+// The stream-K schedule (stream_k.h) of a GEMM of `tiles` tiles of k_blocks K-blocks on `blocks` blocks:
+// plan[0..2] = sk_tiles, per, extra; for block b, pieces[10 b] = its piece count, then (tile, kb0, kb1)
+// each; waits[b] = for a block whose last piece is a tile's first part only, the end of its waiting loop
+// (the first block after it that sk_shares says holds no part of the tile), else -1.
+extern "C" int emulated_stream_k(int tiles, int blocks, int k_blocks, int* plan, int* pieces, int* waits) {
+  using namespace twolayer_ops::sm90;
+  const SkPlan p = sk_plan(tiles, blocks, k_blocks);
+  plan[0] = p.sk_tiles;
+  plan[1] = p.per;
+  plan[2] = p.extra;
+  const int whole = tiles - p.sk_tiles;
+  for (int b = 0; b < blocks; ++b) {
+    int piece[kMaxSkPieces][3];
+    const int n = p.sk_tiles > 0 ? sk_pieces(p, whole, k_blocks, b, piece) : 0;
+    pieces[10 * b] = n;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < 3; ++j) pieces[10 * b + 1 + 3 * i + j] = piece[i][j];
+    waits[b] = -1;
+    if (n > 0 && piece[n - 1][1] == 0 && piece[n - 1][2] < k_blocks) {
+      const int tile_end = (piece[n - 1][0] - whole + 1) * k_blocks;
+      int other = b + 1;
+      while (sk_shares(p.per, p.extra, blocks, other, tile_end)) ++other;
+      waits[b] = other;
+    }
+  }
   return 0;
 }
 

@@ -16,7 +16,7 @@ def compile_emulation(out, *flags):
 
 def load_library(out):
     """The emulation as a ctypes library at `out`: emulated_launch (the fused step), emulated_gemm,
-    emulated_grads, emulated_quad_transpose."""
+    emulated_grads, emulated_quad_transpose, emulated_stream_k."""
     done, cmd = compile_emulation(out, "-fPIC", "-shared")
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
     lib = ctypes.CDLL(str(out))

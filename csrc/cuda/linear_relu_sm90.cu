@@ -75,6 +75,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+
+#include "stream_k.h"
 #include <atomic>
 #include <climits>
 #include <cstdint>
@@ -100,7 +102,6 @@ constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
 [[maybe_unused]] constexpr int kBox = 64 * 64 * 2;                 // one MN-major box: 64 (M or N) x 64 (K), 8 KB
 constexpr int kCBox = 64 * kRowBytes;              // one C box of the TMA-store epilogue: 64 rows x 128 bytes
-constexpr int kMaxSkPieces = 3;                    // a block's stream-K range touches at most 3 tiles
 constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + kConsumers * 2 * kCBox + 1024 /* alignment slack */ +
                            2 * kStages * 8 + 4 * (1 + 3 * kMaxSkPieces);
 constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
@@ -115,11 +116,10 @@ struct GemmArgs {
   int pair_ok = 0;    // C rows take stores of element pairs (ldc even, C aligned to a pair)
   int tma_store = 0;  // the epilogue stores C through shared memory and TMA (the kernel's tma_c)
   int wide_stores = 0;  // else 16-byte stores of 16-bit C (rows 16-byte aligned) where a tile's columns all fit
-  // Stream-K (plan_stream_k; single blocks only): the last sk_tiles tiles are shared out by K-blocks,
-  // block b taking sk_per of them (+1 for b < sk_extra) from sk_start(b). The block that holds a shared
-  // tile's first K-blocks adds the other blocks' partial sums, sk_partials[b] (kBM x kBN floats each),
-  // once their sk_flags[b] read 1. sk_tiles 0: every tile whole.
-  int sk_tiles = 0, sk_per = 0, sk_extra = 0;
+  // Stream-K (plan_stream_k; single blocks only; the schedule: stream_k.h): the last sk.sk_tiles tiles
+  // are shared out by K-blocks. The block that holds a shared tile's first K-blocks adds the other
+  // blocks' partial sums, sk_partials[b] (kBM x kBN floats each), once their sk_flags[b] read 1.
+  SkPlan sk;
   float* sk_partials = nullptr;
   int* sk_flags = nullptr;
 };
@@ -252,11 +252,8 @@ __device__ __forceinline__ void tile_coords(int t, const GemmArgs& a, int& tm, i
 }
 
 // The tiles that run whole: all but the last sk_tiles (stream-K, plan_stream_k).
-__device__ __forceinline__ int whole_tiles(const GemmArgs& a) { return a.tiles_m * a.tiles_n - a.sk_tiles; }
+__device__ __forceinline__ int whole_tiles(const GemmArgs& a) { return a.tiles_m * a.tiles_n - a.sk.sk_tiles; }
 
-// Where block `cta` starts in the stream-K tiles' K-blocks, one sequence split evenly over the blocks:
-// sk_per each, one more for the first sk_extra (no division: consume_tile's waiting loop calls it).
-__device__ __forceinline__ int sk_start(const GemmArgs& a, int cta) { return cta * a.sk_per + min(cta, a.sk_extra); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -522,23 +519,16 @@ __device__ __forceinline__ int lds(uint32_t addr) {  // volatile: read where use
   return v;
 }
 
-// Block `cta` of `ctas` runs its range [sk_start(cta), sk_start(cta + 1)) of the stream-K tiles'
-// K-blocks first, as pieces cut at tile boundaries (a tile's last part, whole tiles, a tile's first
-// part), then whole tiles cta, cta + ctas, ... of the first whole_tiles. A tile's later parts are thus
-// their blocks' first work, and only its first part's block waits for them (consume_tile): no block
-// waits on one that waits. One thread writes the pieces to shared memory at `work` (a count, then t, kb0,
-// kb1 each) when the block starts; the loops read them there. Worked out in the loops, the pieces took
+// Block `cta` runs its stream-K pieces first (stream_k.h), then whole tiles cta, cta + ctas, ... of the
+// first whole_tiles. One thread writes the pieces to shared memory at `work` (a count, then t, kb0, kb1
+// each) when the block starts; the loops read them there. Worked out in the loops, the pieces took
 // registers the consumers do not have: ptxas spilled their accumulators.
 __device__ __forceinline__ void plan_sk_pieces(const GemmArgs& a, int cta, uint32_t work) {
-  int s = sk_start(a, cta), n = 0;
-  const int e = sk_start(a, cta + 1);
-  while (s < e && n < kMaxSkPieces) {
-    const int kb0 = s % a.k_blocks, kb1 = min(a.k_blocks, kb0 + (e - s));
-    const uint32_t piece = work + 4 + 12 * n++;
-    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\nst.shared.b32 [%0+8], %3;\n" ::"r"(piece),
-                 "r"(whole_tiles(a) + s / a.k_blocks), "r"(kb0), "r"(kb1) : "memory");
-    s += kb1 - kb0;
-  }
+  int piece[kMaxSkPieces][3];
+  const int n = sk_pieces(a.sk, whole_tiles(a), a.k_blocks, cta, piece);
+  for (int i = 0; i < n; ++i)
+    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\nst.shared.b32 [%0+8], %3;\n" ::"r"(work + 4 + 12 * i),
+                 "r"(piece[i][0]), "r"(piece[i][1]), "r"(piece[i][2]) : "memory");
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(work), "r"(n) : "memory");
 }
 
@@ -724,7 +714,7 @@ __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMa
     }
     // The first part: add the later ones, blocks cta + 1, ... in order (deterministic), as each is ready.
     const int tile_end = (t - whole_tiles(args) + 1) * args.k_blocks;
-    for (int other = cta + 1; other < ctas && sk_start(args, other) < tile_end; ++other) {
+    for (int other = cta + 1; sk_shares(args.sk.per, args.sk.extra, ctas, other, tile_end); ++other) {
       if (ct == 0) flag_wait(args.sk_flags + other);
       named_barrier(3, 256);
       const float4* theirs = reinterpret_cast<const float4*>(args.sk_partials + int64_t(other) * (kBM * kBN));
@@ -1320,17 +1310,13 @@ void launch_persistent(int tiles, int device, const Args&... args) {
 // workspace of one float32 tile per block and a flag each; in block order: deterministic). Only that
 // block waits, on the blocks after it, whose parts of the tile are their first work: none of them has
 // waited before, so none can deadlock while all run at once (one block per SM). Needs 4 or more K-blocks
-// a tile. Sets a's stream-K fields; returns the workspace, to keep until the kernel is queued (freed
-// stream-ordered), or none.
+// a tile (sk_plan). Sets a's stream-K fields; returns the workspace, to keep until the kernel is queued
+// (freed stream-ordered), or none.
 at::Tensor plan_stream_k(GemmArgs& a, int tiles, int device) {
-  if (!g_stream_k.on() || a.k_blocks < 4) return {};
-  const int blocks = persistent_blocks(tiles, device), tail = tiles % blocks;
-  // Under two tiles' K-blocks a block (tail < blocks): a range touches at most kMaxSkPieces tiles.
-  const int64_t k_blocks = int64_t(blocks + tail) * a.k_blocks;
-  if (tiles <= blocks || tail == 0 || k_blocks >= INT_MAX) return {};
-  a.sk_tiles = blocks + tail;
-  a.sk_per = int(k_blocks / blocks);
-  a.sk_extra = int(k_blocks % blocks);
+  if (!g_stream_k.on()) return {};
+  const int blocks = persistent_blocks(tiles, device);
+  a.sk = sk_plan(tiles, blocks, a.k_blocks);
+  if (a.sk.sk_tiles == 0) return {};
   const int64_t floats = int64_t(blocks) * kBM * kBN;
   at::Tensor workspace = at::empty({floats + blocks}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device));
   workspace.narrow(0, floats, blocks).zero_();  // the flags: int 0 has float 0's bits
