@@ -35,7 +35,7 @@ def test_every_k_block_runs_once_and_each_tile_is_finished_after_its_parts(emula
 
 def test_every_small_schedule(emulation):
     """Every plan of up to 9 blocks, 40 tiles and 9 K-blocks a tile: ranges that end on a tile's last
-    K-block, ranges inside one tile, tails of every length."""
+    K-block or inside a tile, and tails of every length. (A range is never shorter than a tile.)"""
     for blocks, k_blocks in itertools.product(range(2, 10), range(4, 10)):
         for tiles in range(blocks + 1, 41):
             if tiles % blocks:
