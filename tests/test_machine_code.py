@@ -1,5 +1,6 @@
 """The built CUDA kernels are what they were written to be, read from their machine code (cuobjdump,
 which ships inside the triton package): no GPU needed, so CI checks it on every build."""
+import re
 import shutil
 
 import pytest
@@ -110,6 +111,25 @@ def test_hopper_gemm_loads_a_tiles_bias_in_pairs(sm90a):
             elif ins.opcode == "LDG" and waited and ".STRONG.GPU" not in ins.suffix:
                 late.append(hex(ins.address))
         assert not late, f"{k.name}: global loads after the last wgmma wait at {late[:8]}"
+
+
+def test_vector_shared_accesses_at_constant_offsets_are_aligned(sm90a):
+    """An 8- or 16-byte LDS/STS faults unless its address is a multiple of its width. ptxas only merges
+    accesses it knows to be aligned, but inline PTX vectors are taken as written: stream-K's work list
+    was once stored with st.shared.v2 at offsets of 4 mod 8 (STS.64 [UR8+0x38044]). Checked wherever the
+    offset is a constant added to a register, the base being aligned (as the shared window's is)."""
+    width = re.compile(r"\.(64|128)\b")
+    offset = re.compile(r"\[[^\]]*\+(0x[0-9a-f]+)\]")
+    bad, checked = [], 0
+    for k in sm90a:
+        for ins in k.code:
+            w, off = width.search(ins.suffix), offset.search(ins.operands)
+            if ins.opcode in ("LDS", "STS") and w and off:
+                checked += 1
+                if int(off.group(1), 16) % (int(w.group(1)) // 8):
+                    bad.append(f"{k.name}: {ins.opcode}{ins.suffix} {ins.operands.split(';')[0].strip()}")
+    assert checked > 0, "no vector shared-memory access at a constant offset: the pattern no longer matches the SASS"
+    assert not bad, bad[:8]
 
 
 def test_no_local_memory_in_the_hopper_simt_and_fused_step_kernels(sm90a):

@@ -526,8 +526,10 @@ __device__ __forceinline__ int lds(uint32_t addr) {  // volatile: read where use
 __device__ __forceinline__ void plan_sk_pieces(const GemmArgs& a, int cta, uint32_t work) {
   int piece[kMaxSkPieces][3];
   const int n = sk_pieces(a.sk, whole_tiles(a), a.k_blocks, cta, piece);
+  // Word stores: a piece's words are only 4-byte aligned (a vector store there faults).
   for (int i = 0; i < n; ++i)
-    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\nst.shared.b32 [%0+8], %3;\n" ::"r"(work + 4 + 12 * i),
+    asm volatile("st.shared.b32 [%0], %1;\nst.shared.b32 [%0+4], %2;\nst.shared.b32 [%0+8], %3;\n" ::"r"(
+                     work + 4 + 12 * i),
                  "r"(piece[i][0]), "r"(piece[i][1]), "r"(piece[i][2]) : "memory");
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(work), "r"(n) : "memory");
 }
@@ -572,11 +574,10 @@ __device__ __forceinline__ Smem start_block(unsigned char* smem_raw, const GemmA
     }
     fence_barrier_init();
   }
-  if constexpr (CL > 1) {
-    cluster_sync<true>();  // the peer's barriers are initialized before any multicast or remote arrival
-  } else {
-    __syncthreads();
-  }
+  // A cluster: the peer's barriers are initialized before any multicast or remote arrival. Every block:
+  // the work list is written before it is read (a relaxed cluster arrive does not publish it).
+  if constexpr (CL > 1) cluster_sync<true>();
+  __syncthreads();
   return sm;
 }
 
@@ -1309,9 +1310,10 @@ void launch_persistent(int tiles, int device, const Args&... args) {
 // finished by the block that holds its first K-blocks, after adding the others' partial sums (through a
 // workspace of one float32 tile per block and a flag each; in block order: deterministic). Only that
 // block waits, on the blocks after it, whose parts of the tile are their first work: none of them has
-// waited before, so none can deadlock while all run at once (one block per SM). Needs 4 or more K-blocks
-// a tile (sk_plan). Sets a's stream-K fields; returns the workspace, to keep until the kernel is queued
-// (freed stream-ordered), or none.
+// waited before, so none can deadlock while all run at once (one block per SM; where fewer SMs are usable
+// than the grid has blocks, as under an MPS limit, a waiter can wait on a block that never starts, and traps).
+// Needs 4 or more K-blocks a tile (sk_plan). Sets a's stream-K fields; returns the workspace, to keep
+// until the kernel is queued (freed stream-ordered), or none.
 at::Tensor plan_stream_k(GemmArgs& a, int tiles, int device) {
   if (!g_stream_k.on()) return {};
   const int blocks = persistent_blocks(tiles, device);
