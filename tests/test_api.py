@@ -35,6 +35,30 @@ def test_auto_runs_native_op_on_cpu():
     assert "twolayer_ops::autograd::LinearReLUFunction<" in out.grad_fn.name()  # the C++ autograd node
 
 
+@pytest.mark.parametrize("name", ["auto", "native", "triton", "torch"])
+def test_every_backend_name_takes_an_autocast_nets_second_layer(name):
+    """Under torch.autocast a 16-bit x meets float32 parameters, as F.linear takes them: each backend
+    name gives F.linear's dtype and values, and gradients in each input's dtype. relu is not cast, so a
+    16-bit relu still asks for a backend with a 16-bit kernel (native has none on the CPU)."""
+    if name not in ("auto", *available_backends("cpu")):
+        pytest.skip(f"backend {name!r} does not run on cpu here")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 8, generator=g).bfloat16().requires_grad_()
+    w, b = torch.randn(3, 8, generator=g, requires_grad=True), torch.randn(3, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear_relu(x, w, b, backend=name)
+        ref = torch.relu(torch.nn.functional.linear(x, w, b))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)
+    got, want = torch.autograd.grad(out.sum(), (x, w, b)), torch.autograd.grad(ref.sum(), (x, w, b))
+    for t, gt, wt in zip((x, w, b), got, want):
+        assert gt.dtype == t.dtype
+        torch.testing.assert_close(gt, wt)
+    if name == "native":
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="no kernel for torch.bfloat16"):
+            relu(x, backend=name)
+
+
 def test_bfloat16_cpu_falls_back_to_torch():
     x, w, b = (torch.randn(*s).bfloat16() for s in ((4, 8), (3, 8), (3,)))
     torch.testing.assert_close(linear_relu(x, w, b), torch.relu(torch.nn.functional.linear(x, w, b)))

@@ -138,15 +138,19 @@ def test_other_forms_reach_the_op_reshaped(monkeypatch, device, backend):
     assert all(len(ws) == 2 and bs in (None, (ws[0],)) for ws, bs in seen), seen
 
 
+@pytest.mark.parametrize("x_dtype", ["float32", "lower"])
 @pytest.mark.parametrize("api", ["linear_relu", "LinearReLUFunction"])
-def test_autocast_like_f_linear(device, backend, api):
+def test_autocast_like_f_linear(device, backend, api, x_dtype):
     """Under torch.autocast the op runs on x, weight and bias cast to the autocast dtype, as F.linear
-    does: the same output dtype and values, float32 gradients. On CUDA the op's own 16-bit kernel
-    runs; the CPU kernels are 32- and 64-bit only, so there F.linear's own ops run."""
+    does: the same output dtype and values, gradients in each input's dtype. x_dtype "lower": x is
+    already 16-bit, the parameters float32, as in an autocast net's second layer. On CUDA the op's own
+    16-bit kernel runs; the CPU kernels are 32- and 64-bit only, so there F.linear's own ops run."""
+    lower = torch.get_autocast_dtype(device)
     x, w, b = make_inputs((9, 33), 17, dtype=torch.float32, device=device)
+    if x_dtype == "lower":
+        x = x.detach().to(lower).requires_grad_()
     ref_inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     fn = (lambda *a: linear_relu(*a, backend=backend)) if api == "linear_relu" else (lambda *a: LinearReLUFunction.apply(*a, backend))
-    lower = torch.get_autocast_dtype(device)
     with torch.autocast(device):
         out = fn(x, w, b)
         ref = linear_relu_ref(*ref_inputs)
@@ -157,8 +161,8 @@ def test_autocast_like_f_linear(device, backend, api):
     grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5)).to(device, lower)
     got = torch.autograd.grad(out, (x, w, b), grad_out)
     want = torch.autograd.grad(ref, ref_inputs, grad_out)
-    for name, g, r in zip(("x", "weight", "bias"), got, want):
-        assert g.dtype == torch.float32, f"grad of {name} is {g.dtype}"
+    for name, t, g, r in zip(("x", "weight", "bias"), (x, w, b), got, want):
+        assert g.dtype == t.dtype, f"grad of {name} is {g.dtype}, {name} {t.dtype}"
         assert rel_error(g, r) <= REL_TOL[lower], f"grad of {name}: relative error {rel_error(g, r):.3g}"
 
 
@@ -306,20 +310,25 @@ def test_compile_fullgraph(device, backend):
 
 
 def test_compile_fullgraph_autocast_and_other_forms(device, backend):
-    """torch.compile traces the autocast casts and F.linear's other forms as eager runs them."""
+    """torch.compile traces the autocast casts (x float32, and x already 16-bit with float32
+    parameters) and F.linear's other forms as eager runs them."""
     torch._dynamo.reset()
     x, w, b = make_inputs((8, 16), 4, dtype=torch.float32, device=device)
+    lower = torch.get_autocast_dtype(device)
 
     def forms(x, w, b):
         with torch.autocast(device):
             under_autocast = linear_relu(x, w, b, backend=backend)
-        return under_autocast, linear_relu(x, w[0], b[0], backend=backend), linear_relu(x, w, b[:1], backend=backend)
+            mixed = linear_relu(x.to(lower), w, b, backend=backend)
+        others = linear_relu(x, w[0], b[0], backend=backend), linear_relu(x, w, b[:1], backend=backend)
+        return under_autocast, mixed, *others
 
     got = torch.compile(forms, fullgraph=True)(x, w, b)
     ref = [t.detach().clone() for t in (x, w, b)]
     with torch.autocast(device):
         want_autocast = linear_relu_ref(*ref)
-    want = (want_autocast, torch.relu(ref[0] @ ref[1][0] + ref[2][0]), linear_relu_ref(ref[0], ref[1], ref[2][:1]))
+        want_mixed = linear_relu_ref(ref[0].to(lower), *ref[1:])
+    want = (want_autocast, want_mixed, torch.relu(ref[0] @ ref[1][0] + ref[2][0]), linear_relu_ref(ref[0], ref[1], ref[2][:1]))
     for g, r in zip(got, want):
         assert g.dtype == r.dtype and g.shape == r.shape
         assert_close_to_ref(g, r, r.dtype)

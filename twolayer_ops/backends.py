@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .checks import check_linear_relu_args
+from .checks import autocast_casts, check_linear_relu_args
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CPU_NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -106,11 +106,16 @@ def available_backends(device="cpu"):
     return [name for name, b in BACKENDS.items() if any(b.supports(device_type, dt) for dt in FLOAT_DTYPES)]
 
 
-def resolve_backend(name, tensor):
-    """The Backend that will run `tensor`: "auto" takes native where it has a kernel, else torch."""
+def resolve_backend(name, tensor, *, autocast=False):
+    """The Backend that will run `tensor`: "auto" takes native where it has a kernel, else torch.
+    autocast: the call is the fused forward, which torch.autocast casts (relu it does not)."""
     # is_cuda and is_cpu answer in a tenth of the time of device.type, which builds a torch.device.
     device_type = "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type
     backend = _RESOLVED.get((name, device_type, tensor.dtype))
+    if backend is None and autocast and autocast_casts(tensor):
+        # The op's autocast kernel casts, then runs every dtype autocast makes (csrc/autocast.cpp: F.linear's
+        # own ops where the backend has no 16-bit kernel): a backend that takes float32 takes this call.
+        backend = _RESOLVED.get((name, device_type, torch.float32))
     return backend if backend is not None else _resolve(name, device_type, tensor.dtype)
 
 

@@ -10,17 +10,32 @@ def check_tensor(op, name, t):
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
+# The dtypes torch.autocast casts (float64 it leaves alone).
+AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def autocast_casts(t):
+    """Whether torch.autocast, on for t's device, will cast t for the op (as for F.linear)."""
+    return t.dtype in AUTOCAST_DTYPES and torch.is_autocast_enabled(t.device.type)
+
+
+def same_dtype(t, x):
+    """t's dtype agrees with x's as F.linear sees them: equal, or both cast to one by autocast (the
+    second layer of an autocast net gets a 16-bit x and keeps float32 parameters)."""
+    return t.dtype is x.dtype or (t.dtype in AUTOCAST_DTYPES and autocast_casts(x))
+
+
 def args_ok(x, weight, bias):
     """The common, valid case, decided by one cheap test: x (..., K), weight (N, K), bias (N,) or None."""
     try:
         return (
-            x.dtype is weight.dtype
+            same_dtype(weight, x)
             and x.is_floating_point()
             and weight.dim() == 2
             and x.dim() >= 1
             and x.shape[-1] == weight.shape[1]
             and x.device == weight.device
-            and (bias is None or (bias.dtype is x.dtype and bias.shape == weight.shape[:1] and bias.device == x.device))
+            and (bias is None or (same_dtype(bias, x) and bias.shape == weight.shape[:1] and bias.device == x.device))
         )
     except AttributeError:
         return False  # not a tensor: explained by explain_bad_args
@@ -54,7 +69,7 @@ def explain_bad_args(x, weight, bias, *, other_forms):
         shapes = f"got {tuple(bias.shape)} for weight {tuple(weight.shape)}"
         raise ValueError(f"linear_relu: bias must have {forms}; {shapes}")
     for name, t in named[1:]:
-        if t.dtype != x.dtype:
+        if not same_dtype(t, x):
             raise TypeError(f"linear_relu: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"linear_relu: {name} is on {t.device} but x is on {x.device}")

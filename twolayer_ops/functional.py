@@ -24,7 +24,7 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
         # an op's failure while tracing, which the except below would not catch.
         try:
             if weight.dim() == 2 and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0])):
-                return resolve_backend(backend, x).linear_relu(x, weight, bias)
+                return resolve_backend(backend, x, autocast=True).linear_relu(x, weight, bias)
         except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
             if args_ok(x, weight, bias):
                 raise  # valid arguments: a failure that is not theirs to explain
@@ -61,7 +61,7 @@ class LinearReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias=None, backend="auto"):
         check_linear_relu_args(x, weight, bias)
-        ctx.backend = resolve_backend(backend, x)
+        ctx.backend = resolve_backend(backend, x, autocast=True)
         out = ctx.backend.linear_relu(x, weight, bias)
         ctx.save_for_backward(x, weight, out)
         ctx.has_bias = bias is not None
@@ -74,7 +74,7 @@ class LinearReLUFunction(torch.autograd.Function):
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         if not any(mask):
             return None, None, None, None
-        if out.dtype != x.dtype:  # autocast: the op ran on x and weight cast to out's dtype
+        if not out.dtype == x.dtype == weight.dtype:  # autocast: the op ran on x and weight cast to out's dtype
             x, weight = x.to(out.dtype), weight.to(out.dtype)
         grads = _autograd_backend(ctx, out).linear_relu_backward(grad_out, out, x, weight, mask)
         return (*(g if m else None for g, m in zip(grads, mask)), None)
@@ -111,12 +111,12 @@ class _TransformableLinearReLU(LinearReLUFunction):
     @staticmethod
     def forward(x, weight, bias=None, backend="auto"):
         check_linear_relu_args(x, weight, bias)
-        return resolve_backend(backend, x).linear_relu(x, weight, bias)
+        return resolve_backend(backend, x, autocast=True).linear_relu(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, backend = inputs  # apply has bound the defaults
-        ctx.backend = resolve_backend(backend, x)
+        ctx.backend = resolve_backend(backend, x, autocast=True)
         ctx.save_for_backward(x, weight, output)
         ctx.save_for_forward(x, weight, output)
         ctx.has_bias = bias is not None
