@@ -1243,7 +1243,7 @@ int max_pair_clusters(int device) {
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, sm90_gemm_kernel<kBF16, 0, 0, true, 2>, &cfg) != cudaSuccess) {
       (void)cudaGetLastError();
-      clusters = 0;
+      return 0;  // no clusters this call; asked again next time (a failure is not the device's answer)
     }
     n = clusters + 1;
     known[device].store(n);

@@ -20,10 +20,10 @@
 // cluster, cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches,
 // merged_backward, merged launches, stream_k, stream-K launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
 // -1 no CUDA device; tf32: the TF32 switch; cluster: blocks per cluster, 1 or 2; tma_store: the
-// TMA-store switch; wide_stores: the 16-byte-store switch; the launch counts: GEMMs run in two-block
-// clusters, GEMMs that stored C by TMA, GEMMs that stored 16-bit C in 16-byte stores, backwards whose dX and
-// dW ran in one launch, GEMMs whose last waves' tiles were shared out by K-blocks)
-// for tests and benchmarks;
+// TMA-store switch; wide_stores: the 16-byte-store switch; the launch counts: launches in two-block
+// clusters (a merged backward's one launch runs two GEMMs), GEMMs that stored C by TMA, GEMMs that
+// stored 16-bit C in 16-byte stores, backwards whose dX and dW ran in one launch, GEMMs whose last
+// waves' tiles were shared out by K-blocks) for tests and benchmarks;
 // torch.ops.twolayer_ops_sm90.set_group_m(g) sets the persistent tile order's group height (0: the
 // default, 16), for tuning sweeps;
 // torch.ops.twolayer_ops_sm90.set_cluster(n) runs the GEMMs in clusters of n = 2 blocks that share their
