@@ -41,8 +41,28 @@ def _capture(step, warmups=3):
     return graph, outputs
 
 
+def _hopper_calls(backend, monkeypatch):
+    """A function giving how many forward (and, native, backward) calls have taken the Hopper kernels
+    so far: the sm90 path's own counts (info()[3:5]), or a spy on the Triton TMA launcher."""
+    if backend == "native":
+        return lambda: tuple(torch.ops.twolayer_ops_sm90.info()[3:5])
+    from twolayer_ops.triton_kernels import hopper
+
+    forwards = []
+    real = hopper.launch
+
+    def spy(kernel, *args, **meta):
+        forwards.append(kernel is hopper.linear_relu_fwd_tma_kernel)
+        return real(kernel, *args, **meta)
+
+    monkeypatch.setattr(hopper, "launch", spy)
+    return lambda: (sum(forwards),)
+
+
 @pytest.mark.parametrize("shape,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_forward_and_backward_replay_on_new_values(device, backend, shape, dtype):
+def test_forward_and_backward_replay_on_new_values(device, backend, shape, dtype, monkeypatch):
+    """The bf16 case on an H100 / H200 must take the Hopper kernels (the sm90 path; Triton's TMA
+    forward) in each of the 3 warmup calls and in the captured one."""
     m, k, n = shape
     x, w, b, go = _values(m, k, n, dtype, seed=0)
     inputs = [t.requires_grad_() for t in (x, w, b)]
@@ -51,7 +71,11 @@ def test_forward_and_backward_replay_on_new_values(device, backend, shape, dtype
         out = linear_relu(*inputs, backend=backend)
         return (out, *torch.autograd.grad(out, inputs, go))
 
+    hopper = dtype == torch.bfloat16 and torch.cuda.get_device_capability() == (9, 0)
+    calls = _hopper_calls(backend, monkeypatch) if hopper else lambda: ()
+    before = calls()
     graph, captured = _capture(step)
+    assert all(after - was == 4 for was, after in zip(before, calls())), (before, calls())
     for seed in (1, 2):  # two different value sets through the same graph
         values = _values(m, k, n, dtype, seed)
         with torch.no_grad():

@@ -341,7 +341,9 @@ def worker(out_path, only=None):
     """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and at the
     end the variant switches and launch counts under "variants" (info()[6:16]: cluster, cluster launches,
     tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward, merged launches,
-    stream_k, stream-K launches)."""
+    stream_k, stream-K launches). Returns the results."""
+    import twolayer_ops  # noqa: F401  (loads _C, for info() even where no case ran)
+
     results = {}
     for case_id in CASE_IDS:
         if only and only not in case_id:
@@ -358,6 +360,7 @@ def worker(out_path, only=None):
     results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:16]
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
+    return results
 
 
 # ---- the tests -----------------------------------------------------------------------------------------
@@ -388,7 +391,7 @@ def _run_worker(out, variant):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_hopper", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=900,
+            timeout=200,  # under the GPU check's tests step (260 s): a hung worker costs one test
         )
         log = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     except subprocess.TimeoutExpired as err:
@@ -445,11 +448,12 @@ def test_sm90_path_variants(tmp_path, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_worker_runs_under_the_variant_switches(tmp_path, variant):
-    """On any machine: the worker process starts, reports every case (on a machine without an sm_90a GPU
-    each fails at once) and sees the variant's switches in info()."""
+    """On any machine: the worker process starts, reports every case (each fails at once, with no GPU
+    visible) and sees the variant's switches in info()."""
     if _sm90_ops() is None:
         pytest.skip("extension built without CUDA")
-    results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
+    # No GPU visible, so each case fails at once here too: test_sm90_path_variants runs them on a GPU.
+    results, log = _run_worker(tmp_path / "results.json", {**VARIANTS[variant], "CUDA_VISIBLE_DEVICES": ""})
     assert set(CASE_IDS) <= set(results), log
     cluster, _, tma_store, _, wide, _, merged, _, stream_k, _ = results["variants"]
     want = (2 if "clusters" in variant else 1, int("tma_store" in variant), int("wide_stores" in variant),
@@ -529,4 +533,7 @@ def test_quad_transpose_hands_each_lane_a_column(emulation):
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    # Exit 1 unless some case ran and every one passed: compute-sanitizer's exit code speaks only of
+    # memory errors, so the GPU check's sanitizer steps would pass a wrong result or a case never run.
+    ran = [r for case, r in worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None).items() if case != "variants"]
+    sys.exit(0 if ran and all(r == "ok" for r in ran) else 1)

@@ -59,7 +59,7 @@ print("kernels:", repr(launches))
 def _run(device, switches):
     """{kernel name: launches} of the worker's run under `switches` (the names are demangled signatures)."""
     proc = subprocess.run([sys.executable, "-c", WORKER, device, repr(CASES)], cwd=ROOT, env={**os.environ, **switches},
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return ast.literal_eval(proc.stdout.split("kernels:", 1)[1].strip())
 
