@@ -59,6 +59,18 @@ def test_every_backend_name_takes_an_autocast_nets_second_layer(name):
             relu(x, backend=name)
 
 
+def test_meta_tensors_give_shapes_as_f_linear():
+    """Meta tensors (shape inference, a module built under torch.device("meta")) run as F.linear does."""
+    x = torch.randn(2, 5, device="meta", requires_grad=True)
+    w, b = torch.randn(3, 5, device="meta", requires_grad=True), torch.randn(3, device="meta", requires_grad=True)
+    out = linear_relu(x, w, b)
+    assert out.shape == (2, 3) and out.device.type == "meta"
+    grads = torch.autograd.grad(out.sum(), (x, w, b))
+    assert [g.shape for g in grads] == [x.shape, w.shape, b.shape]
+    with torch.device("meta"):
+        assert twolayer_ops.FusedLinearReLU(10, 4)(torch.randn(2, 10)).shape == (2, 4)
+
+
 def test_bfloat16_cpu_falls_back_to_torch():
     x, w, b = (torch.randn(*s).bfloat16() for s in ((4, 8), (3, 8), (3,)))
     torch.testing.assert_close(linear_relu(x, w, b), torch.relu(torch.nn.functional.linear(x, w, b)))

@@ -42,6 +42,8 @@ def test_fused_step_flag():
         (["train", "dynamic", "--fused-step"], "--fused-step runs the two-layer recipes"),
         (["train", "numpy", "--ddp"], "--ddp runs the recipes with an nn.Module"),
         (["train", "optim", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "optim", "--dtype", "float16", "--backend", "native"], "no kernel for torch.float16 on cpu"),
+        (["train", "optim", "--fused-step", "--dtype", "bfloat16"], "the fused step trains float32 and float64 only"),
     ],
 )
 def test_bad_arguments_exit_nonzero_without_traceback(args, message):

@@ -31,6 +31,8 @@ TRANSFORMS = {
     "vmap x": lambda f, x, w, b: vmap(f, in_dims=(0, None, None))(x, w, b),
     "vmap weight": lambda f, x, w, b: vmap(f, in_dims=(None, 0, None))(x[0], torch.stack([w, 2 * w, -w]), b),
     "per-sample grad": lambda f, x, w, b: vmap(grad(lambda w, x: f(x, w, b).square().sum()), in_dims=(None, 0))(w, x),
+    "vmap empty batch of weights": lambda f, x, w, b: vmap(f, in_dims=(None, 0, None))(x[0], w.new_empty(0, *w.shape), b),
+    "vmap empty batch of x": lambda f, x, w, b: vmap(f, in_dims=(1, None, None))(x[:, :0], w, b),
 }
 
 
@@ -71,6 +73,16 @@ def test_forward_mode_ad(device, backend):
     assert_close_to_ref(got.primal, want.primal, torch.float64)
     assert_close_to_ref(got.tangent, want.tangent, torch.float64, "tangent")
     assert_close_to_ref(relu_got, relu_want, torch.float64, "relu tangent")
+
+
+def test_forward_mode_tangent_takes_the_autocast_dtype(device, backend):
+    """Under autocast the output is 16-bit and so is its tangent, as F.linear's, though the inputs and
+    tangents are float32."""
+    x, w, b = (t.float() for t in inputs(device))
+    for f in (lambda *a: linear_relu(*a, backend=backend), linear_relu_ref):
+        with torch.autocast(device):
+            out, tangent = jvp(lambda w: f(x, w, b), (w,), (w.cos(),))
+        assert out.dtype == tangent.dtype == torch.get_autocast_dtype(device), (out.dtype, tangent.dtype)
 
 
 def test_direct_op_call_refuses_a_tangent_under_no_grad(device, backend):

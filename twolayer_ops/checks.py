@@ -16,7 +16,12 @@ AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def autocast_casts(t):
     """Whether torch.autocast, on for t's device, will cast t for the op (as for F.linear)."""
-    return t.dtype in AUTOCAST_DTYPES and torch.is_autocast_enabled(t.device.type)
+    if t.dtype not in AUTOCAST_DTYPES:
+        return False
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:  # a device type autocast does not know, such as meta
+        return False
 
 
 def same_dtype(t, x):

@@ -132,7 +132,7 @@ class _TransformableLinearReLU(LinearReLUFunction):
             pre = pre + F.linear(x, weight_tangent)
         if bias_tangent is not None:
             pre = pre + bias_tangent
-        return BACKENDS["torch"].relu_backward(pre, out)
+        return BACKENDS["torch"].relu_backward(pre.to(out.dtype), out)  # autocast: float32 inputs, 16-bit out
 
 
 class _TransformableReLU(MyReLU):

@@ -60,6 +60,10 @@ def linear_relu_vmap(op):
         def entry(t, dim, i):
             return t if dim is None else t.select(dim, i)
 
+        if info.batch_size == 0:  # no entry to call the op on: an empty result of the entries' shape
+            rows = [d for i, d in enumerate(x.shape[:-1]) if i != x_dim]
+            n = [d for i, d in enumerate(weight.shape) if i != weight_dim][0]
+            return x.new_empty((0, *rows, n)), 0
         outs = [op(entry(x, x_dim, i), entry(weight, weight_dim, i), entry(bias, bias_dim, i))
                 for i in range(info.batch_size)]
         return torch.stack(outs), 0

@@ -60,7 +60,10 @@ def prepare(steps, seed, device, backend, dtype, *, seed_python=False):
         import random
 
         random.seed(seed)
-    return dev, resolve_backend(backend, torch.empty(0, device=dev, dtype=dtype)).name
+    try:
+        return dev, resolve_backend(backend, torch.empty(0, device=dev, dtype=dtype)).name
+    except RuntimeError as e:  # a backend without a kernel for this dtype: a bad argument, said as one
+        raise ValueError(str(e)) from None
 
 
 class LossLog:
@@ -186,6 +189,8 @@ def fit(recipe, model, x, y, dev, backend, *, steps, optimizer=None, lr=None, ac
     if fused_step:
         if ddp:
             raise ValueError("the fused step trains in one process: drop ddp")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the fused step trains float32 and float64 only, got {x.dtype}")
         from ..fused_step import FusedTwoLayerStep, two_layers
 
         layers = two_layers(model)
