@@ -1,9 +1,11 @@
 // Autograd for the ops, in C++, so that a call runs no Python between the user and the kernel.
-// One formula for every backend: the forward saves (x, weight, out) and the backward calls that
-// backend's backward op for only the gradients autograd needs (the mask is out > 0).
+// One formula for every backend: the forward saves out, and x and weight where the backward needs
+// them (saved_operands), and the backward calls that backend's backward op for only the gradients
+// autograd needs (the mask is out > 0).
 // (twolayer_ops.LinearReLUFunction and MyReLU mirror it in Python for the autograd.Function API.)
 // The backward ops are differentiable too, so create_graph=True (double backward, gradient
 // penalties) works as it does for relu(F.linear(...)).
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -17,20 +19,46 @@ namespace autograd {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// As torch's linear saves them: x only where weight needs its gradient (dW = gm^T x), weight only
+// where x does (dX = gm W). So an input changed in place after the forward fails the backward only
+// where its value is needed, and a frozen layer keeps no x alive. The backward op gets an unsaved
+// operand as a placeholder of its shape (one uninitialized element, stride 0): every backend reads
+// an operand only for a gradient that needs it, else its shape alone.
+// Sizes as SymInts: torch.export and torch.compile trace the forward with symbolic shapes, and a
+// concrete size read there would fix them.
+inline void save_operands(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& out) {
+  ctx->save_for_backward({weight.requires_grad() ? x : at::Tensor(), x.requires_grad() ? weight : at::Tensor(), out});
+  ctx->saved_data["k"] = x.sym_size(-1);
+}
+
+// x (..., K) and weight (N, K) of the forward, saved or as placeholders, from out (..., N) and K.
+inline std::pair<at::Tensor, at::Tensor> operands(AutogradContext* ctx, const variable_list& saved) {
+  const at::Tensor& out = saved[2];
+  const c10::SymInt k = ctx->saved_data["k"].toSymInt();
+  const auto placeholder = [&](std::vector<c10::SymInt> sizes) {
+    return at::empty({}, out.options()).expand_symint(sizes);
+  };
+  std::vector<c10::SymInt> x_sizes(out.sym_sizes().begin(), out.sym_sizes().end());
+  x_sizes.back() = k;
+  return {saved[0].defined() ? saved[0] : placeholder(x_sizes),
+          saved[1].defined() ? saved[1] : placeholder({out.sym_size(-1), k})};
+}
+
 template <class O>
 struct LinearReLUFunction : public torch::autograd::Function<LinearReLUFunction<O>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out = O::linear_relu().call(x, weight, bias);
-    ctx->save_for_backward({x, weight, out});
+    save_operands(ctx, x, weight, out);
     ctx->saved_data["has_bias"] = has_bias(bias);
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &out = saved[2];
+    const at::Tensor& out = saved[2];
+    const auto [x, weight] = operands(ctx, saved);
     const bool bias_given = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       bias_given && ctx->needs_input_grad(2)};

@@ -166,6 +166,31 @@ def test_autocast_like_f_linear(device, backend, api, x_dtype):
         assert rel_error(g, r) <= REL_TOL[lower], f"grad of {name}: relative error {rel_error(g, r):.3g}"
 
 
+@pytest.mark.parametrize("frozen", ["weight", "x"])
+@pytest.mark.parametrize("api", ["linear_relu", "LinearReLUFunction"])
+def test_saves_operands_only_where_their_gradient_partner_needs_them(device, backend, api, frozen):
+    """As torch's linear: x is saved only for the weight's gradient, the weight only for x's. So a frozen
+    weight keeps no x alive, and an operand changed in place after the forward, whose value no gradient
+    needs, does not fail the backward; the gradients are the reference's."""
+    fn = (lambda *a: linear_relu(*a, backend=backend)) if api == "linear_relu" else (lambda *a: LinearReLUFunction.apply(*a, backend))
+    grads = []
+    for f in (fn, linear_relu_ref):
+        x0, w0, b = make_inputs((6, 5), 3, device=device)
+        x = x0.detach().clone() if frozen == "x" else x0 * 1  # not a leaf that needs grad: it may change in place
+        w = w0.detach().clone() if frozen == "weight" else w0 * 1
+        packed = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: (packed.append(t.data_ptr()), t)[1], lambda t: t):
+            out = f(x, w, b)
+        unneeded = x if frozen == "weight" else w
+        assert unneeded.data_ptr() not in packed, "the forward saved an operand that no gradient needs"
+        with torch.no_grad():
+            unneeded.add_(1.0)
+        want = (x0, b) if frozen == "weight" else (w0, b)
+        grads.append(torch.autograd.grad(out.square().sum(), want))
+    for got, ref in zip(*grads):
+        assert_close_to_ref(got, ref, torch.float64)
+
+
 @pytest.mark.parametrize("x_shape,n", [((3, 5), 4), ((2, 2, 3), 2)], ids=str)  # small: O(numel^2) calls
 def test_gradgradcheck(device, backend, x_shape, n):
     """create_graph=True differentiates the backward op itself, as relu(F.linear(...)) allows."""

@@ -63,13 +63,17 @@ class LinearReLUFunction(torch.autograd.Function):
         check_linear_relu_args(x, weight, bias)
         ctx.backend = resolve_backend(backend, x, autocast=True)
         out = ctx.backend.linear_relu(x, weight, bias)
-        ctx.save_for_backward(x, weight, out)
+        # As the C++ formula saves them: x only for dW, weight only for dX; placeholders in the backward.
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(x if need[1] else None, weight if need[0] else None, out)
+        ctx.shapes = x.shape, weight.shape
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, out = ctx.saved_tensors
+        x, weight = (out.new_empty(()).expand(shape) if t is None else t for t, shape in zip((x, weight), ctx.shapes))
         need = ctx.needs_input_grad
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         if not any(mask):
@@ -117,7 +121,8 @@ class _TransformableLinearReLU(LinearReLUFunction):
     def setup_context(ctx, inputs, output):
         x, weight, bias, backend = inputs  # apply has bound the defaults
         ctx.backend = resolve_backend(backend, x, autocast=True)
-        ctx.save_for_backward(x, weight, output)
+        ctx.save_for_backward(x, weight, output)  # all three: the jvp needs both operands
+        ctx.shapes = x.shape, weight.shape
         ctx.save_for_forward(x, weight, output)
         ctx.has_bias = bias is not None
 

@@ -1534,7 +1534,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
   if (run_dw && (!tiles_fit(N, K) || !grad_w.is_contiguous())) return false;
   if (run_db && !grad_b.is_contiguous()) return false;
   if (dt == kTF32) return tf32_backward(g2, o2, x2, weight, run_dx, run_dw, run_db, grad_x, grad_w, grad_b);
-  if (N % 8 != 0 || !tma_readable(x2) || !tma_readable(weight)) return false;
+  // An operand is read only for the product that needs it (autograd passes the other as a placeholder).
+  if (N % 8 != 0 || (run_dw && !tma_readable(x2)) || (run_dx && !tma_readable(weight))) return false;
   const bool bf16 = dt == kBF16;
   at::Tensor gm = at::empty({M, N}, x2.options());
   bind_context(x2.get_device());
