@@ -200,6 +200,28 @@ def _case_bias_layouts(dtype):
         _check(x, w, b, go)
 
 
+def _case_one_operand_frozen(dtype):
+    """x needing no gradient (a first layer: dW and db, the weight reaching the backward as a
+    placeholder), then a frozen weight (dX and db, x a placeholder): each stays on the sm90 path."""
+    from twolayer_ops import linear_relu
+
+    from .reference import assert_close_to_ref, linear_relu_ref
+
+    x, w, b, go = _inputs(512, 1024, 768, dtype, seed=11)
+    for need_x in (False, True):
+        ins = [x.detach().requires_grad_(need_x), w.detach().requires_grad_(not need_x), b.detach().requires_grad_()]
+        ref_ins = [t.detach().double().requires_grad_(t.requires_grad) for t in ins]
+        f0, b0 = _counts()
+        out = linear_relu(*ins, backend="native")
+        grads = torch.autograd.grad(out, [t for t in ins if t.requires_grad], go)
+        torch.cuda.synchronize()
+        f1, b1 = _counts()
+        assert (f1 - f0, b1 - b0) == (1, 1), f"need_x={need_x}: sm90 calls {(f1 - f0, b1 - b0)}, expected (1, 1)"
+        ref_grads = torch.autograd.grad(linear_relu_ref(*ref_ins), [t for t in ref_ins if t.requires_grad], go.double())
+        for got, want in zip(grads, ref_grads):
+            assert_close_to_ref(got, want.to(dtype), dtype, f"need_x={need_x}")
+
+
 CASES = {
     "tiles_256x512x384": _shape_case(256, 512, 384),
     "ragged_1000x1024x1000": _shape_case(1000, 1024, 1000),
@@ -215,6 +237,7 @@ CASES = {
     "deterministic": _case_deterministic,
     "kernels_ran": _case_kernels_ran,
     "bias_layouts": _case_bias_layouts,
+    "one_operand_frozen": _case_one_operand_frozen,
 }
 
 
@@ -535,5 +558,6 @@ def test_quad_transpose_hands_each_lane_a_column(emulation):
 if __name__ == "__main__":
     # Exit 1 unless some case ran and every one passed: compute-sanitizer's exit code speaks only of
     # memory errors, so the GPU check's sanitizer steps would pass a wrong result or a case never run.
-    ran = [r for case, r in worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None).items() if case != "variants"]
+    results = worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    ran = [r for case, r in results.items() if case != "variants"]
     sys.exit(0 if ran and all(r == "ok" for r in ran) else 1)
