@@ -166,6 +166,22 @@ def test_autocast_like_f_linear(device, backend, api, x_dtype):
         assert rel_error(g, r) <= REL_TOL[lower], f"grad of {name}: relative error {rel_error(g, r):.3g}"
 
 
+@pytest.mark.parametrize("needs_x_grad", [False, True])
+def test_flop_counter_counts_as_for_f_linear(device, backend, needs_x_grad):
+    """torch.utils.flop_counter counts the op's forward and backward as relu(F.linear(...))'s: 2 M N K
+    a product, for each gradient product asked for."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    totals = []
+    for f in ((lambda *a: linear_relu(*a, backend=backend)), linear_relu_ref):
+        x, w, b = make_inputs((2, 6, 5), 3, device=device)
+        x.requires_grad_(needs_x_grad)
+        with FlopCounterMode(display=False) as counter:
+            f(x, w, b).sum().backward()
+        totals.append(counter.get_total_flops())
+    assert totals[0] == totals[1] == 2 * 12 * 5 * 3 * (2 + needs_x_grad), totals
+
+
 @pytest.mark.parametrize("frozen", ["weight", "x"])
 @pytest.mark.parametrize("api", ["linear_relu", "LinearReLUFunction"])
 def test_saves_operands_only_where_their_gradient_partner_needs_them(device, backend, api, frozen):

@@ -1,7 +1,10 @@
 """The torch.library ops: loads the compiled extension (schemas, kernels and the C++ autograd of
-every backend's ops) and registers their fake kernels, for torch.compile and opcheck, and the
-forward ops' batching rules, for torch.vmap."""
+every backend's ops) and registers their fake kernels, for torch.compile and opcheck, their FLOP
+counts, for torch.utils.flop_counter, and the forward ops' batching rules, for torch.vmap."""
+import math
+
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from . import _C  # noqa: F401  (loading it runs TORCH_LIBRARY: defines torch.ops.twolayer_ops.*)
 from .checks import check_linear_relu_args
@@ -78,21 +81,40 @@ def relu_vmap(op):
     return rule
 
 
+# ---- FLOP counts (torch.utils.flop_counter.FlopCounterMode), as torch counts F.linear ------------
+
+def linear_relu_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs):
+    """2 M N K: the bias and the ReLU are not counted, as for addmm."""
+    return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+
+def linear_relu_backward_flop(grad_out_shape, saved_out_shape, x_shape, weight_shape, output_mask, *args,
+                              out_shape=None, **kwargs):
+    """2 M N K for each of dX and dW asked for."""
+    return linear_relu_flop(x_shape, weight_shape) * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
 def register_python_rules(forward_name, backward_name, relu_name, relu_backward_name):
-    """Registers one backend's fake kernels and its forward ops' batching rules (the ops' autograd
-    is C++, csrc/autograd.cpp). The backward ops need no batching rule: under torch.func the
+    """Registers one backend's fake kernels, FLOP counts and its forward ops' batching rules (the ops'
+    autograd is C++, csrc/autograd.cpp). The backward ops need no batching rule: under torch.func the
     backward runs the torch formula (twolayer_ops.functional)."""
     torch.library.register_fake(forward_name)(linear_relu_fake)
     torch.library.register_fake(backward_name)(linear_relu_backward_fake)
     torch.library.register_fake(relu_name)(relu_fake)
     torch.library.register_fake(relu_backward_name)(relu_backward_fake)
+    register_flop_formula(_packet(forward_name))(linear_relu_flop)
+    register_flop_formula(_packet(backward_name))(linear_relu_backward_flop)
     torch.library.register_vmap(forward_name, linear_relu_vmap(_op(forward_name)))
     torch.library.register_vmap(relu_name, relu_vmap(_op(relu_name)))
 
 
-def _op(qualname):
+def _packet(qualname):
     namespace, name = qualname.split("::")
-    return getattr(getattr(torch.ops, namespace), name).default
+    return getattr(getattr(torch.ops, namespace), name)
+
+
+def _op(qualname):
+    return _packet(qualname).default
 
 
 @torch.library.register_fake("twolayer_ops::two_layer_step")
