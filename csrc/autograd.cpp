@@ -1,6 +1,6 @@
 // Autograd for the ops, in C++, so that a call runs no Python between the user and the kernel.
 // One formula for every backend: the forward saves out, and x and weight where the backward needs
-// them (saved_operands), and the backward calls that backend's backward op for only the gradients
+// them (save_operands), and the backward calls that backend's backward op for only the gradients
 // autograd needs (the mask is out > 0).
 // (twolayer_ops.LinearReLUFunction and MyReLU mirror it in Python for the autograd.Function API.)
 // The backward ops are differentiable too, so create_graph=True (double backward, gradient
