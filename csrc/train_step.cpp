@@ -84,7 +84,7 @@ at::Tensor two_layer_step_cpu(const at::Tensor& x, const at::Tensor& y, at::Tens
       total += double(d) * double(d);
       g[i] = two_scale * d;
     }
-    loss.fill_(total);
+    loss.fill_(T(total));  // a float32 loss past its range is inf, as in eager (fill_ of the double would throw)
     // Backward: layer 2, then the masked hidden gradient, then layer 1.
     cpu_gemm::addmm_(grads[2], gy.t(), h);
     grads[3].add_(gy.sum(0));

@@ -44,6 +44,9 @@ def test_fused_step_flag():
         (["train", "optim", "--bogus"], "unrecognized arguments: --bogus"),
         (["train", "optim", "--dtype", "float16", "--backend", "native"], "no kernel for torch.float16 on cpu"),
         (["train", "optim", "--fused-step", "--dtype", "bfloat16"], "the fused step trains float32 and float64 only"),
+        (["train", "optim", "--fused-step", "--print-every", "-1"], "--print-every must be 0 (off) or positive"),
+        (["train", "optim", "--steps", "5", "--plot", "/nonexistent/loss.png"], "--plot wants a .png file"),
+        (["train", "optim", "--steps", "5", "--plot", "loss.txt"], "--plot wants a .png file"),
     ],
 )
 def test_bad_arguments_exit_nonzero_without_traceback(args, message):

@@ -121,6 +121,18 @@ def test_opcheck():
     opcheck(torch.ops.twolayer_ops.two_layer_step, args, test_utils=("test_schema", "test_faketensor"))
 
 
+def _stepped(optimizer, net):
+    net(torch.randn(2, 20)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+def _tied_layers():
+    linear1, linear2 = nn.Linear(20, 8), nn.Linear(8, 8)
+    linear2.bias = linear1.bias  # one tensor, updated twice if trained as two
+    return linear1, linear2
+
+
 @pytest.mark.parametrize(
     "make,error,message",
     [
@@ -132,6 +144,12 @@ def test_opcheck():
         (lambda net: FusedTwoLayerStep(net[0], net[2], "sgd", lr=1, accumulation_steps=0), ValueError, "accumulation_steps"),
         (lambda net: FusedTwoLayerStep(nn.Linear(20, 8, bias=False), net[2], "sgd", lr=1), ValueError, "biases"),
         (lambda net: two_layers(nn.Sequential(net[0], net[2])), ValueError, "Linear\\+ReLU -> Linear nets"),
+        # The group's settings count, not the defaults; one group; a fresh optimizer over exactly these four.
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.SGD([{"params": net.parameters(), "momentum": 0.9, "nesterov": True}], lr=1)), ValueError, "nesterov"),
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.SGD([{"params": net[0].parameters()}, {"params": net[2].parameters(), "lr": 2}], lr=1)), ValueError, "one parameter group"),
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], torch.optim.SGD(net[2].parameters(), lr=1)), ValueError, "exactly the two layers'"),
+        (lambda net: FusedTwoLayerStep.from_optimizer(net[0], net[2], _stepped(torch.optim.Adam(net.parameters()), net)), ValueError, "has state"),
+        (lambda net: FusedTwoLayerStep(*_tied_layers(), "sgd", lr=1), ValueError, "share memory"),
     ],
 )
 def test_bad_configuration(make, error, message):
@@ -156,6 +174,51 @@ def test_bad_arguments():
     with pytest.raises(RuntimeError, match="Adam's step count starts at 1, got 0"):
         torch.ops.twolayer_ops.two_layer_step(*args, 0, 1.0, True)
     torch.ops.twolayer_ops.two_layer_step(*args, 0, 1.0, False)  # accumulating only: no count needed
+
+
+def test_follows_the_optimizers_learning_rate_and_scheduler():
+    """from_optimizer reads the group's lr at each call: a value set before conversion and a scheduler
+    stepped during training drive the fused steps as they drive optimizer.step()."""
+    x, y, net = small_net("cpu", torch.float64)
+    fused_net = copy.deepcopy(net)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (net, fused_net)]
+    schedulers = []
+    for opt in optimizers:
+        opt.param_groups[0]["lr"] = 3e-2
+        schedulers.append(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    step = FusedTwoLayerStep.from_optimizer(*two_layers(fused_net), optimizers[1])
+    for _ in range(4):
+        optimizers[0].zero_grad()
+        nn.functional.mse_loss(net(x), y, reduction="sum").backward()
+        optimizers[0].step()
+        step(x, y)
+        for scheduler in schedulers:
+            scheduler.step()
+    for p, q in zip(fused_net.parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_updates_count_as_in_place_changes_and_a_failed_call_counts_nothing():
+    """Like optimizer.step(): a backward through a graph built before the update refuses to run. A call
+    that fails leaves the step counts (Adam's bias correction, the accumulation phase) as they were."""
+    x, y, net = small_net("cpu", torch.float32)
+    step = FusedTwoLayerStep(*two_layers(net), "adam", lr=1e-3, accumulation_steps=2)
+    loss = nn.functional.mse_loss(net(x), y, reduction="sum")
+    step(x, y)
+    step(x, y)  # the second call updates
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    with pytest.raises(RuntimeError):
+        step(x.double(), y.double())
+    assert (step.calls, step.updates) == (2, 1)
+
+
+def test_a_float32_loss_past_its_range_is_inf_as_in_eager():
+    linear1, linear2 = nn.Linear(4, 3), nn.Linear(3, 2)
+    x, y = torch.full((2, 4), 1e21), torch.zeros(2, 2)
+    want = nn.functional.mse_loss(linear2(torch.relu(linear1(x))), y, reduction="sum")
+    got = FusedTwoLayerStep(linear1, linear2, "sgd", lr=0.0)(x, y)
+    assert torch.isinf(want) and torch.isinf(got) and got.dtype == torch.float32
 
 
 def test_recipe_rejects_fused_step_with_ddp():

@@ -83,13 +83,19 @@ def cmd_train(args):
         bad = [n for n in names if n not in FUSED_STEP_RECIPES]
         if bad:
             return _fail(f"--fused-step runs the two-layer recipes ({', '.join(FUSED_STEP_RECIPES)}), not {', '.join(bad)}")
+    # Every argument is checked before any process group starts or any step runs.
+    if args.steps <= 0:
+        return _fail(f"--steps must be positive, got {args.steps}")
+    if args.print_every < 0:
+        return _fail(f"--print-every must be 0 (off) or positive, got {args.print_every}")
+    plot_dir = os.path.dirname(os.path.abspath(args.plot)) if args.plot else None
+    if args.plot and (not args.plot.lower().endswith(".png") or not os.path.isdir(plot_dir)):
+        return _fail(f"--plot wants a .png file in an existing folder, got {args.plot}")
     if args.ddp:
         bad = [n for n in names if n not in DDP_RECIPES]
         if bad:
             return _fail(f"--ddp runs the recipes with an nn.Module ({', '.join(DDP_RECIPES)}), not {', '.join(bad)}")
         _init_distributed(args.device)
-    if args.steps <= 0:
-        return _fail(f"--steps must be positive, got {args.steps}")
     show = _rank0() and not args.quiet
     results = []
     for name in names:

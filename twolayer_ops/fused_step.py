@@ -9,8 +9,14 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def _supported_optimizer(optimizer):
-    """(name, hyperparameters) for a torch.optim optimizer the fused step reproduces exactly."""
-    d = optimizer.defaults
+    """(name, hyperparameters) for a torch.optim optimizer the fused step reproduces exactly, read from
+    its one parameter group (where a scheduler or a user sets them), not its defaults."""
+    if len(optimizer.param_groups) != 1:
+        raise ValueError(f"the fused step runs an optimizer of one parameter group, got {len(optimizer.param_groups)}")
+    if optimizer.state:
+        raise ValueError("the fused step starts from a fresh optimizer: this one has state (a resumed run?), "
+                         "which the fused step would not continue")
+    d = optimizer.param_groups[0]
     if isinstance(optimizer, torch.optim.Adam):
         if d.get("weight_decay") or d.get("amsgrad") or d.get("maximize"):
             raise ValueError("the fused step runs Adam without weight_decay, amsgrad or maximize")
@@ -45,6 +51,9 @@ class FusedTwoLayerStep:
         if linear1.bias is None or linear2.bias is None:
             raise ValueError("the fused step trains layers with biases")
         self.params = [linear1.weight, linear1.bias, linear2.weight, linear2.bias]
+        memory = [p.data_ptr() for p in self.params if p.numel()]
+        if len({id(p) for p in self.params}) < 4 or len(set(memory)) < len(memory):
+            raise ValueError("the fused step updates four separate parameters: two of them share memory (tied?)")
         if not all(p.is_contiguous() for p in self.params):
             raise ValueError("the fused step updates contiguous parameters in place")
         self.grads = [torch.zeros_like(p) for p in self.params]
@@ -55,24 +64,47 @@ class FusedTwoLayerStep:
         self.accumulation_steps = accumulation_steps
         self.calls = 0
         self.updates = 0
+        self.group = None  # from_optimizer: its parameter group, whose hyperparameters each call reads
 
     @classmethod
     def from_optimizer(cls, linear1, linear2, optimizer, accumulation_steps=1):
-        """The fused twin of a torch.optim optimizer over exactly these two layers' parameters."""
+        """The fused twin of a torch.optim optimizer over exactly these two layers' parameters. Each
+        call reads the learning rate (and betas, eps, momentum) from the optimizer's parameter group,
+        so a learning-rate scheduler stepping that optimizer drives the fused steps too."""
         name, hyper = _supported_optimizer(optimizer)
-        return cls(linear1, linear2, name, accumulation_steps=accumulation_steps, **hyper)
+        step = cls(linear1, linear2, name, accumulation_steps=accumulation_steps, **hyper)
+        if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in step.params}:
+            raise ValueError("the optimizer must hold exactly the two layers' weights and biases")
+        if not all(p.requires_grad for p in step.params):
+            raise ValueError("the fused step trains every weight and bias of both layers: none may be frozen")
+        step.group = optimizer.param_groups[0]
+        return step
 
     def _hyper(self):
+        if self.group is not None:
+            g = self.group
+            self.lr, self.momentum, self.eps = float(g["lr"]), g.get("momentum", 0.0), g.get("eps", 1e-8)
+            self.betas = tuple(float(b) for b in g.get("betas", (0.9, 0.999)))
         return self.optimizer, self.lr, self.momentum, self.betas[0], self.betas[1], self.eps
+
+    def _updated(self):
+        # The parameters changed in place, as optimizer.step() changes them: autograd then refuses a
+        # backward through a graph that saved their old values.
+        for p in self.params:
+            torch.autograd.graph.increment_version(p)
 
     def __call__(self, x, y):
         """One step; returns its loss (computed before the update)."""
-        self.calls += 1
-        update = self.calls % self.accumulation_steps == 0
-        self.updates += update
+        calls = self.calls + 1  # counted once the op has run: a failed call changes nothing
+        update = calls % self.accumulation_steps == 0
+        updates = self.updates + update
         with torch.no_grad():
-            return ops.two_layer_step(x, y, [p.detach() for p in self.params], self.grads, self.state, *self._hyper(),
-                                      max(self.updates, 1), 1.0 / self.accumulation_steps, update)
+            loss = ops.two_layer_step(x, y, [p.detach() for p in self.params], self.grads, self.state, *self._hyper(),
+                                      max(updates, 1), 1.0 / self.accumulation_steps, update)
+        self.calls, self.updates = calls, updates
+        if update:
+            self._updated()
+        return loss
 
     def run(self, x, y, steps):
         """`steps` steps in one call; returns their losses, a (steps,) tensor on the device."""
@@ -81,6 +113,7 @@ class FusedTwoLayerStep:
                                          *self._hyper(), self.calls, steps, self.accumulation_steps)
         self.calls += steps
         self.updates = self.calls // self.accumulation_steps
+        self._updated()
         return losses
 
 
