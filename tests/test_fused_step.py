@@ -142,6 +142,10 @@ def _tied_layers():
         (lambda net: FusedTwoLayerStep(net[0], net[2], "lion", lr=1), ValueError, "optimizer must be one of"),
         (lambda net: FusedTwoLayerStep(net[0], net[2], "momentum", lr=1), ValueError, "momentum > 0"),
         (lambda net: FusedTwoLayerStep(net[0], net[2], "sgd", lr=1, accumulation_steps=0), ValueError, "accumulation_steps"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "sgd", lr=1, accumulation_steps=2.5), ValueError, "accumulation_steps"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "sgd", lr=1, momentum=0.9), ValueError, "optimizer 'momentum''s"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "adam", lr=1, betas=(1.5, 0.999)), ValueError, "betas in"),
+        (lambda net: FusedTwoLayerStep(net[0], net[2], "adam", lr=-1), ValueError, "lr >= 0"),
         (lambda net: FusedTwoLayerStep(nn.Linear(20, 8, bias=False), net[2], "sgd", lr=1), ValueError, "biases"),
         (lambda net: two_layers(nn.Sequential(net[0], net[2])), ValueError, "Linear\\+ReLU -> Linear nets"),
         # The group's settings count, not the defaults; one group; a fresh optimizer over exactly these four.

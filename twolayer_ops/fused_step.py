@@ -38,7 +38,9 @@ class FusedTwoLayerStep:
     optimizer: "sgd", "momentum" (SGD with momentum) or "adam", with torch.optim's formulas and
     defaults. With accumulation_steps=k, each call adds the gradient of loss / k and every k-th call
     updates, as loss.backward() and optimizer.step() would. The gradient accumulators and optimizer
-    state live here, not in the modules' .grad."""
+    state live here, not in the modules' .grad nor in a torch.optim optimizer: from_optimizer starts
+    from a fresh one, and its state does not follow the fused steps (to go back to optimizer.step(),
+    rebuild that optimizer's state)."""
 
     def __init__(self, linear1, linear2, optimizer="adam", *, lr, momentum=0.0, betas=(0.9, 0.999), eps=1e-8,
                  accumulation_steps=1):
@@ -46,8 +48,14 @@ class FusedTwoLayerStep:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if optimizer == "momentum" and not momentum:
             raise ValueError("optimizer 'momentum' needs momentum > 0")
-        if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        if optimizer != "momentum" and momentum:
+            raise ValueError(f"momentum={momentum} is optimizer 'momentum''s, not {optimizer!r}'s")
+        # torch.optim's own checks of these values
+        if not (lr >= 0 and eps >= 0 and momentum >= 0 and all(0 <= b < 1 for b in betas)):
+            raise ValueError(f"need lr >= 0, eps >= 0, momentum >= 0 and betas in [0, 1); got lr={lr}, eps={eps}, "
+                             f"momentum={momentum}, betas={tuple(betas)}")
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
         if linear1.bias is None or linear2.bias is None:
             raise ValueError("the fused step trains layers with biases")
         self.params = [linear1.weight, linear1.bias, linear2.weight, linear2.bias]
