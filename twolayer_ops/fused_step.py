@@ -39,8 +39,8 @@ class FusedTwoLayerStep:
     defaults. With accumulation_steps=k, each call adds the gradient of loss / k and every k-th call
     updates, as loss.backward() and optimizer.step() would. The gradient accumulators and optimizer
     state live here, not in the modules' .grad nor in a torch.optim optimizer: from_optimizer starts
-    from a fresh one, and its state does not follow the fused steps (to go back to optimizer.step(),
-    rebuild that optimizer's state)."""
+    from a fresh one, whose state does not follow the fused steps (a switch back to optimizer.step()
+    would start again from zero moments and step count)."""
 
     def __init__(self, linear1, linear2, optimizer="adam", *, lr, momentum=0.0, betas=(0.9, 0.999), eps=1e-8,
                  accumulation_steps=1):
