@@ -1,4 +1,5 @@
 """The command line, as a user runs it: exit codes, messages, plots; never a traceback."""
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,11 @@ def test_check_passes_on_this_machine():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout and "| cpu | native |" in proc.stdout
     assert "native CPU GEMM kernels: " in proc.stdout
+
+
+def test_ddp_on_a_device_it_cannot_use_is_an_error_line():
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29541"}
+    proc = subprocess.run([sys.executable, "-m", "twolayer_ops.cli", "train", "nn", "--ddp", "--device", "tpu", "--steps", "2"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode != 0
+    assert "--ddp on --device tpu" in proc.stderr and "Traceback" not in proc.stderr

@@ -95,7 +95,10 @@ def cmd_train(args):
         bad = [n for n in names if n not in DDP_RECIPES]
         if bad:
             return _fail(f"--ddp runs the recipes with an nn.Module ({', '.join(DDP_RECIPES)}), not {', '.join(bad)}")
-        _init_distributed(args.device)
+        try:
+            _init_distributed(args.device)
+        except (RuntimeError, ValueError) as e:  # a device it cannot use: said as the other bad arguments are
+            return _fail(f"--ddp on --device {args.device}: {e}")
     show = _rank0() and not args.quiet
     results = []
     for name in names:
