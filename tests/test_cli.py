@@ -42,6 +42,7 @@ def test_fused_step_flag():
         (["train", "optim", "--device", "tpu"], "device must be cpu or cuda"),
         (["train", "dynamic", "--fused-step"], "--fused-step runs the two-layer recipes"),
         (["train", "numpy", "--ddp"], "--ddp runs the recipes with an nn.Module"),
+        (["train", "nn", "--ddp", "--device", "cuda:1"], "--ddp puts each rank on the GPU of its LOCAL_RANK"),
         (["train", "optim", "--bogus"], "unrecognized arguments: --bogus"),
         (["train", "optim", "--dtype", "float16", "--backend", "native"], "no kernel for torch.float16 on cpu"),
         (["train", "optim", "--fused-step", "--dtype", "bfloat16"], "the fused step trains float32 and float64 only"),

@@ -95,6 +95,8 @@ def cmd_train(args):
         bad = [n for n in names if n not in DDP_RECIPES]
         if bad:
             return _fail(f"--ddp runs the recipes with an nn.Module ({', '.join(DDP_RECIPES)}), not {', '.join(bad)}")
+        if args.device.startswith("cuda:"):  # every rank would take that one GPU
+            return _fail(f"--ddp puts each rank on the GPU of its LOCAL_RANK: use --device cuda, not {args.device}")
         try:
             _init_distributed(args.device)
         except (RuntimeError, ValueError) as e:  # a device it cannot use: said as the other bad arguments are
