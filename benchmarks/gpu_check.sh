@@ -97,12 +97,14 @@ HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:819
 SEED_CASES="float32:64x1000x100+64x100x10"
 # The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
 # TMA multicast; the TMA-store epilogue; both; 16-byte stores from the registers; the backward's dX and dW
-# in one launch; stream-K for the last waves), one process each (the switches are read once).
+# in one launch; stream-K for the last waves; the masked gradient written during the backward's first GEMM),
+# one process each (the switches are read once).
 VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
 variant_kernels() {  # a variant that fails (a trap, a wrong result) does not keep the others from running
   local spec name status=0
   for spec in "clusters CLUSTER=2" "tma_store TMA_STORE=1" "clusters_tma_store CLUSTER=2 TMA_STORE=1" \
-      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1" "stream_k STREAM_K=1"; do
+      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1" "stream_k STREAM_K=1" \
+      "overlap_mask OVERLAP_MASK=1"; do
     set -- $spec
     name=$1; shift
     echo "== variant $name: ${*/#/TWOLAYER_OPS_SM90_}"
@@ -177,6 +179,10 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   step sanitize_sm90_stream_k 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_STREAM_K=1 \
     TWOLAYER_OPS_SM90_GRID=7 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_stream_k.json" ragged
+  # The overlapped mask on 7 blocks: ragged chunks past M and N, producers waiting on other blocks' writers.
+  step sanitize_sm90_overlap 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_OVERLAP_MASK=1 \
+    TWOLAYER_OPS_SM90_GRID=7 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_overlap.json" ragged
   step kernels_graph 120 bash -c graph_kernels
   step hopper_evidence 100 env BUILD_LOG="$logs/build.log" bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton

@@ -8,7 +8,8 @@
 # 3. timings in one run, triton.testing.do_bench medians: the sm90 path in each GEMM variant (the
 #    default; two-block clusters, set_cluster; the TMA-store epilogue, set_tma_store; both; 16-byte
 #    register stores, set_wide_stores; dX and dW in one launch, set_merged_backward; stream-K for the
-#    last waves, set_stream_k), the
+#    last waves, set_stream_k; the masked gradient written during the first backward GEMM,
+#    set_overlap_mask), the
 #    portable native kernels, cuBLAS (torch.mm: 1 GEMM forward, 3 for forward + backward) and eager
 #    PyTorch, bf16 8192x4096 -> 4096, forward and forward + backward; the sm90 forward under each group
 #    height of its persistent order (set_group_m: 1 to 64 tile-rows), without and with clusters; plus
@@ -62,23 +63,24 @@ def rel(a, r):
     return ((a - r).norm() / r.norm()).item()
 
 # The GEMM variants that are off by default: (blocks per cluster, TMA-store epilogue, 16-byte register
-# stores, merged backward, stream-K). HOPPER_VARIANTS (comma-separated names) keeps some: a variant that traps ends this process, so
-# a rerun leaves it out.
-VARIANTS = {"default": (1, 0, 0, 0, 0), "clusters": (2, 0, 0, 0, 0), "tma_store": (1, 1, 0, 0, 0),
-            "clusters+tma_store": (2, 1, 0, 0, 0), "wide_stores": (1, 0, 1, 0, 0), "merged_backward": (1, 0, 0, 1, 0),
-            "stream_k": (1, 0, 0, 0, 1)}
+# stores, merged backward, stream-K, overlapped mask). HOPPER_VARIANTS (comma-separated names) keeps some:
+# a variant that traps ends this process, so a rerun leaves it out.
+VARIANTS = {"default": (1, 0, 0, 0, 0, 0), "clusters": (2, 0, 0, 0, 0, 0), "tma_store": (1, 1, 0, 0, 0, 0),
+            "clusters+tma_store": (2, 1, 0, 0, 0, 0), "wide_stores": (1, 0, 1, 0, 0, 0),
+            "merged_backward": (1, 0, 0, 1, 0, 0), "stream_k": (1, 0, 0, 0, 1, 0), "overlap_mask": (1, 0, 0, 0, 0, 1)}
 keep = os.environ.get("HOPPER_VARIANTS")
 if keep:
     VARIANTS = {name: VARIANTS[name] for name in ["default"] + keep.split(",") if name in VARIANTS}
 print("variants:", list(VARIANTS))
 
 def use(variant):
-    cluster, tma_store, wide, merged, stream_k = VARIANTS[variant]
+    cluster, tma_store, wide, merged, stream_k, overlap = VARIANTS[variant]
     sm90.set_cluster(cluster)
     sm90.set_tma_store(tma_store)
     sm90.set_wide_stores(wide)
     sm90.set_merged_backward(merged)
     sm90.set_stream_k(stream_k)
+    sm90.set_overlap_mask(overlap)
 
 def use_env():
     sm90.set_cluster(-1)
@@ -86,6 +88,7 @@ def use_env():
     sm90.set_wide_stores(-1)
     sm90.set_merged_backward(-1)
     sm90.set_stream_k(-1)
+    sm90.set_overlap_mask(-1)
 
 # Correctness on sampled rows / the full weight gradient, sm90 path on, in every variant.
 sm90.set_mode(1)
@@ -158,6 +161,10 @@ row("mask pass proxy: torch.where(out<=0,0,g)", "bwd", lambda: torch.where(out_s
 sm90.set_mode(1)
 bwd_bf16 = lambda: torch.ops.twolayer_ops.linear_relu_backward(go, out_saved, x.detach(), w.detach(), [True, True, True])
 row("sm90 bwd alone", "bwd", bwd_bf16)
+if "overlap_mask" in VARIANTS:  # the same backward with no pass: Gm written during dX
+    use("overlap_mask")
+    row("sm90 bwd alone overlap_mask", "bwd", bwd_bf16)
+    use_env()
 sm90.set_mode(-1)
 row("cuBLAS 2 mm (bwd)", "bwd", lambda: (torch.mm(go, w.detach()), torch.mm(go.t(), x.detach())))
 
@@ -209,6 +216,10 @@ sm90.set_mode(1)
 kernel_breakdown(f"sm90 TF32 backward {Mt}x{Kt}->{Nt}", bwd_tf32)
 torch.backends.cuda.matmul.allow_tf32 = False
 kernel_breakdown(f"sm90 bf16 backward {M}x{K}->{N}", bwd_bf16)
+if "overlap_mask" in VARIANTS:
+    use("overlap_mask")
+    kernel_breakdown(f"sm90 bf16 backward {M}x{K}->{N}, overlapped mask", bwd_bf16)
+    use_env()
 sm90.set_mode(-1)
 print("sm90 calls after the TF32 rows (fwd, bwd):", sm90.info()[3:5])
 

@@ -8,6 +8,8 @@
 //   emulated_quad_transpose: the sm90 epilogue's exchange of words in each quad of a warp
 //     (csrc/cuda/quad_transpose.h).
 //   emulated_stream_k: the sm90 GEMM's stream-K schedule (csrc/cuda/stream_k.h), plain host code.
+//   emulated_chunk_order, emulated_a_chunk: the sm90 backward's overlapped mask (csrc/cuda/overlap_mask.h):
+//     the order its warps write Gm's chunks in, the chunks a K-tile of A waits for; plain host code.
 // tests/conftest.py builds it as a shared library for the tests (through ctypes) and, with
 // -DEMULATION_MAIN -fsanitize=thread, as a program that runs fused-step launches under ThreadSanitizer.
 #include <cmath>
@@ -227,6 +229,7 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 
 #include "../csrc/cuda/linear_relu_gemm.h"
 #include "../csrc/cuda/quad_transpose.h"
+#include "../csrc/cuda/overlap_mask.h"
 #include "../csrc/cuda/stream_k.h"
 
 // The 16-bit element types (linear_relu.cu has CUDA's): raw bits, computed in float, WMMA policy.
@@ -602,6 +605,19 @@ extern "C" int emulated_stream_k(int tiles, int blocks, int k_blocks, int* plan,
       waits[b] = other;
     }
   }
+  return 0;
+}
+
+// The overlapped mask's writing order (overlap_mask.h) of a Gm of rows x cols chunks: order[2i], order[2i + 1]
+// = chunk i's (chunk-row, chunk-column).
+extern "C" int emulated_chunk_order(int rows, int cols, int lines, int by_columns, int* order) {
+  for (int i = 0; i < rows * cols; ++i) twolayer_ops::sm90::chunk_coords(i, rows, cols, lines, by_columns != 0, order[2 * i], order[2 * i + 1]);
+  return 0;
+}
+
+// Chunk h of K-tile kb of A's tile-row tm (overlap_mask.h's a_chunk): chunk[0], chunk[1] = (row, column).
+extern "C" int emulated_a_chunk(int tm, int kb, int h, int mn_major, int* chunk) {
+  twolayer_ops::sm90::a_chunk(tm, kb, h, mn_major != 0, chunk[0], chunk[1]);
   return 0;
 }
 

@@ -9,8 +9,9 @@ whole session. The worker runs every case once, writes one result per case to a 
 and each parametrized test below reports one case. Run the worker alone with
     TWOLAYER_OPS_SM90=1 python -m tests.test_hopper OUT.json [CASE_SUBSTRING]
 (the optional filter keeps runs under compute-sanitizer short, e.g. `ragged`; TWOLAYER_OPS_SM90_CLUSTER=2,
-TWOLAYER_OPS_SM90_TMA_STORE=1, TWOLAYER_OPS_SM90_WIDE_STORES=1, TWOLAYER_OPS_SM90_MERGED_BACKWARD=1 and
-TWOLAYER_OPS_SM90_STREAM_K=1 switch on the GEMM variants that test_sm90_path_variants runs every case under;
+TWOLAYER_OPS_SM90_TMA_STORE=1, TWOLAYER_OPS_SM90_WIDE_STORES=1, TWOLAYER_OPS_SM90_MERGED_BACKWARD=1,
+TWOLAYER_OPS_SM90_STREAM_K=1 and TWOLAYER_OPS_SM90_OVERLAP_MASK=1 switch on the GEMM variants that
+test_sm90_path_variants runs every case under;
 TWOLAYER_OPS_SM90_GRID=n caps the persistent grid).
 Each case checks, against a float64 reference, the forward and the three gradients, and that the sm90
 kernels ran (or, for ineligible inputs, did not) through the extension's call counters.
@@ -177,7 +178,8 @@ def _case_kernels_ran(dtype):
         torch.autograd.grad(linear_relu(*ins, backend="native"), ins, go)
         torch.cuda.synchronize()
     names = " ".join(e.key for e in prof.key_averages())
-    assert "sm90_gemm_kernel" in names and "sm90_mask_grad_kernel" in names, names[:2000]
+    overlap = info[16] == 1  # the first GEMM writes the masked gradient: no pass
+    assert "sm90_gemm_kernel" in names and ("sm90_mask_grad_kernel" in names) != overlap, names[:2000]
     torch.ops.twolayer_ops_sm90.set_mode(0)
     try:
         _check(x, w, b, go, sm90_fwd=False, sm90_bwd=False)
@@ -362,9 +364,9 @@ CASE_IDS = [f"{name}-{dt}" for name in CASES for dt in DTYPES] + [f"{name}-tf32"
 
 def worker(out_path, only=None):
     """Runs every case (or those whose id contains `only`), writing {case id: "ok" | traceback}, and at the
-    end the variant switches and launch counts under "variants" (info()[6:16]: cluster, cluster launches,
+    end the variant switches and launch counts under "variants" (info()[6:18]: cluster, cluster launches,
     tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward, merged launches,
-    stream_k, stream-K launches). Returns the results."""
+    stream_k, stream-K launches, overlap_mask, overlapped-mask launches). Returns the results."""
     import twolayer_ops  # noqa: F401  (loads _C, for info() even where no case ran)
 
     results = {}
@@ -380,7 +382,7 @@ def worker(out_path, only=None):
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"{case_id}: {'ok' if results[case_id] == 'ok' else 'FAILED'}", flush=True)
-    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:16]
+    results["variants"] = torch.ops.twolayer_ops_sm90.info()[6:18]
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
     return results
@@ -390,11 +392,14 @@ def worker(out_path, only=None):
 
 # The GEMM variants that are off by default, as the worker's environment: two-block clusters sharing B by
 # TMA multicast, the TMA-store epilogue, both, 16-byte stores from the registers, the backward's two
-# products in one launch (alone and in clusters), and stream-K for the last waves (on the whole GPU, where
-# the big cases share tiles out; and on a grid of 7 blocks, where most cases do, the TMA-store epilogue on).
+# products in one launch (alone and in clusters), stream-K for the last waves (on the whole GPU, where
+# the big cases share tiles out; and on a grid of 7 blocks, where most cases do, the TMA-store epilogue on),
+# and the masked gradient written during the backward's first GEMM (on the whole GPU; in clusters; on 7
+# blocks with stream-K, where each block's 3 writers take many chunks and the producers wait on them).
 DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0",
                     "TWOLAYER_OPS_SM90_WIDE_STORES": "0", "TWOLAYER_OPS_SM90_MERGED_BACKWARD": "0",
-                    "TWOLAYER_OPS_SM90_STREAM_K": "0", "TWOLAYER_OPS_SM90_GRID": "0"}
+                    "TWOLAYER_OPS_SM90_STREAM_K": "0", "TWOLAYER_OPS_SM90_GRID": "0",
+                    "TWOLAYER_OPS_SM90_OVERLAP_MASK": "0"}
 VARIANTS = {
     "clusters": {"TWOLAYER_OPS_SM90_CLUSTER": "2"},
     "tma_store": {"TWOLAYER_OPS_SM90_TMA_STORE": "1"},
@@ -405,6 +410,10 @@ VARIANTS = {
     "stream_k": {"TWOLAYER_OPS_SM90_STREAM_K": "1"},
     "stream_k_grid7_tma_store": {"TWOLAYER_OPS_SM90_STREAM_K": "1", "TWOLAYER_OPS_SM90_GRID": "7",
                                  "TWOLAYER_OPS_SM90_TMA_STORE": "1"},
+    "overlap_mask": {"TWOLAYER_OPS_SM90_OVERLAP_MASK": "1"},
+    "clusters_overlap_mask": {"TWOLAYER_OPS_SM90_CLUSTER": "2", "TWOLAYER_OPS_SM90_OVERLAP_MASK": "1"},
+    "overlap_mask_grid7_stream_k": {"TWOLAYER_OPS_SM90_OVERLAP_MASK": "1", "TWOLAYER_OPS_SM90_GRID": "7",
+                                    "TWOLAYER_OPS_SM90_STREAM_K": "1"},
 }
 
 
@@ -448,15 +457,17 @@ def test_sm90_path_variants(tmp_path, variant):
     TF32), the TMA-store epilogue (tiles past M and N, clipped by TMA; odd N, whose rows TMA cannot
     store, keeps the register stores), the 16-byte stores (16-bit C; rows past M; the last tile-column
     and rows not 16-byte aligned keep the pair stores), the merged backward (dX and dW tiles in one
-    grid) and stream-K (tiles split between blocks, the partial sums added in block order; the results
-    must stay deterministic). One test per variant, so one process runs each worker."""
+    grid), stream-K (tiles split between blocks, the partial sums added in block order; the results
+    must stay deterministic) and the overlapped mask (Gm written chunk by chunk during dX, or dW where dX
+    does not run; a transposed grad_out keeps the pass; db deterministic). One test per variant, so one
+    process runs each worker."""
     results, log = _run_worker(tmp_path / "results.json", VARIANTS[variant])
     missing = [c for c in CASE_IDS if c not in results]
     assert not missing, f"the worker reported nothing for {missing} (a crash or a hang?):\n{log}"
     failed = {c: r for c, r in results.items() if c in CASE_IDS and r != "ok"}
     assert not failed, "\n\n".join(f"{c}:\n{r}" for c, r in failed.items())
     (cluster, cluster_launches, tma_store, tma_store_launches, wide, wide_launches, merged, merged_launches, stream_k,
-     stream_k_launches) = results["variants"]
+     stream_k_launches, overlap, overlap_launches) = results["variants"]
     want_cluster = "clusters" in variant
     want_tma_store = "tma_store" in variant
     want_wide = "wide_stores" in variant
@@ -467,6 +478,8 @@ def test_sm90_path_variants(tmp_path, variant):
     assert merged == int(want_merged) and (merged_launches > 0) == want_merged, results["variants"]
     want_stream_k = "stream_k" in variant
     assert stream_k == int(want_stream_k) and (stream_k_launches > 0) == want_stream_k, results["variants"]
+    want_overlap = "overlap_mask" in variant
+    assert overlap == int(want_overlap) and (overlap_launches > 0) == want_overlap, results["variants"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -478,10 +491,10 @@ def test_worker_runs_under_the_variant_switches(tmp_path, variant):
     # No GPU visible, so each case fails at once here too: test_sm90_path_variants runs them on a GPU.
     results, log = _run_worker(tmp_path / "results.json", {**VARIANTS[variant], "CUDA_VISIBLE_DEVICES": ""})
     assert set(CASE_IDS) <= set(results), log
-    cluster, _, tma_store, _, wide, _, merged, _, stream_k, _ = results["variants"]
+    cluster, _, tma_store, _, wide, _, merged, _, stream_k, _, overlap, _ = results["variants"]
     want = (2 if "clusters" in variant else 1, int("tma_store" in variant), int("wide_stores" in variant),
-            int("merged_backward" in variant), int("stream_k" in variant))
-    assert (cluster, tma_store, wide, merged, stream_k) == want, results["variants"]
+            int("merged_backward" in variant), int("stream_k" in variant), int("overlap_mask" in variant))
+    assert (cluster, tma_store, wide, merged, stream_k, overlap) == want, results["variants"]
 
 
 @pytest.mark.cuda
@@ -505,7 +518,7 @@ def test_introspection_ops_without_a_gpu_run():
     if ops is None:
         pytest.skip("extension built without CUDA")
     (mode, env, probe, fwd, bwd, _, cluster, cluster_launches, _, tma_store_launches, _, wide_launches, _,
-     merged_launches, _, stream_k_launches) = ops.info()
+     merged_launches, _, stream_k_launches, _, overlap_launches) = ops.info()
     assert mode == -1 and env == int(os.environ.get("TWOLAYER_OPS_SM90", "1") != "0")
     assert probe in ((1, 0) if torch.cuda.is_available() else (-1,))
     assert fwd >= 0 and bwd >= 0
@@ -526,14 +539,15 @@ def test_introspection_ops_without_a_gpu_run():
     assert ops.info()[6] == 2
     ops.set_cluster(-1)
     assert ops.info()[6] == cluster
-    assert tma_store_launches >= 0 and wide_launches >= 0 and merged_launches >= 0 and stream_k_launches >= 0
+    assert min(tma_store_launches, wide_launches, merged_launches, stream_k_launches, overlap_launches) >= 0
     # The on/off switches: (op, info() index, environment variable, on by default). A switch on by default
     # is off when its variable reads "0"; one off by default is on when it reads "1".
     for op, index, variable, default in (("set_tf32", 5, "TWOLAYER_OPS_SM90_TF32", True),
                                          ("set_tma_store", 8, "TWOLAYER_OPS_SM90_TMA_STORE", False),
                                          ("set_wide_stores", 10, "TWOLAYER_OPS_SM90_WIDE_STORES", False),
                                          ("set_merged_backward", 12, "TWOLAYER_OPS_SM90_MERGED_BACKWARD", False),
-                                         ("set_stream_k", 14, "TWOLAYER_OPS_SM90_STREAM_K", False)):
+                                         ("set_stream_k", 14, "TWOLAYER_OPS_SM90_STREAM_K", False),
+                                         ("set_overlap_mask", 16, "TWOLAYER_OPS_SM90_OVERLAP_MASK", False)):
         from_env = ops.info()[index]
         flipped = os.environ.get(variable) == ("0" if default else "1")
         assert from_env == int(default != flipped), (variable, from_env)

@@ -44,19 +44,44 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
         assert k.register_fed_wgmma == 0, f"{k.name}: a wgmma reads its A operand from registers"
 
 
+def mask_writers(kernels):
+    """The sm90 GEMMs that carry the overlapped mask's writers: the 16-bit (element types 0, 1) backward
+    products (no ReLU) run alone, not the merged pair kernel."""
+    return [k for k in named(kernels, "sm90_gemm_kernel<") if re.match(r"sm90_gemm_kernel<[01], \d, \d, false,", k.name)]
+
+
+def test_hopper_backward_gemms_carry_the_overlapped_masks_writers(sm90a):
+    """TWOLAYER_OPS_SM90_OVERLAP_MASK: the 16-bit backward GEMMs' spare producer warps take chunks from a
+    counter (ATOMG), prefetch their rows into L2 (UBLKPF), read g and out in streaming 16-byte loads
+    (LDG.E.EF.128), fence their Gm stores for the async proxy (FENCE.VIEW.ASYNC.G, also in the producer
+    thread after it acquires a chunk) and count the chunks written (REDG). No other sm90 kernel has any of
+    it: the forwards, TF32 and the merged pair kernel keep the pass."""
+    writers = mask_writers(sm90a)
+    assert len(writers) == 8, sorted(k.name for k in writers)  # float16 / bfloat16, dX / dW, 1 or 2 blocks
+    for k in named(sm90a, "sm90_gemm_kernel<") + named(sm90a, "sm90_gemm_pair_kernel<"):
+        ours = (k.ops["ATOMG"], k.ops["UBLKPF"], k.mnemonics["LDG.E.EF.128"], k.ops["REDG"],
+                k.mnemonics["FENCE.VIEW.ASYNC.G"])
+        if k in writers:
+            assert min(ours) > 0 and k.mnemonics["FENCE.VIEW.ASYNC.G"] >= 3, (k.name, ours)
+        else:
+            assert ours == (0, 0, 0, 0, 0), (k.name, ours)
+
+
 def test_hopper_gemm_clusters_share_b_by_multicast(sm90a):
     """The two-block cluster instantiations (last template argument 2) load B by TMA multicast; the
     others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: their one
     MEMBAR.ALL.GPU is the release before the blocks leave, none is in a K-step. The same for the kernels
     that run two products (sm90_gemm_pair_kernel, the merged backward). The one-product kernels have one
-    more, stream-K's release of a partial sum (fence.acq_rel.gpu before its flag)."""
+    more, stream-K's release of a partial sum (fence.acq_rel.gpu before its flag), and the 16-bit backward
+    ones one more, the overlapped mask's writers' release of a chunk (fence.acq_rel.gpu before its flag
+    and its count)."""
     gemms = named(sm90a, "sm90_gemm_kernel<") + named(sm90a, "sm90_gemm_pair_kernel<")
     clustered = [k for k in gemms if k.name.endswith(", 2>")]
     assert len(clustered) == len(gemms) // 2, sorted(k.name for k in gemms)
     for k in gemms:
         multicast = k.mnemonics["UTMALDG.2D.MULTICAST"]
         assert (multicast > 0) == (k in clustered), (k.name, multicast)
-        want = (k in clustered) + k.name.startswith("sm90_gemm_kernel<")
+        want = (k in clustered) + k.name.startswith("sm90_gemm_kernel<") + (k in mask_writers(sm90a))
         assert k.mnemonics["MEMBAR.ALL.GPU"] == want, (k.name, k.mnemonics["MEMBAR.ALL.GPU"])
         assert k.hot_loop_ops["MEMBAR"] == 0, k.name
 
@@ -84,9 +109,11 @@ def test_hopper_16bit_gemms_have_the_wide_store_epilogue(sm90a):
     """The float16 / bfloat16 Hopper GEMMs can store C in 16-byte stores (TWOLAYER_OPS_SM90_WIDE_STORES):
     per consumer thread and tile, 16 of them after 16 quad transposes of 4 butterfly shuffles each (ptxas
     also keeps a copy of that code for a warp that reaches the shuffles diverged). TF32 has no such path."""
+    quad = re.compile(r", 0x[123], 0x1f")  # a butterfly within the quad (the overlapped mask's are 8 and 16 apart)
     for k in named(sm90a, "sm90_gemm_kernel<0,") + named(sm90a, "sm90_gemm_kernel<1,"):
         assert k.mnemonics["STG.E.128"] >= 16, (k.name, k.mnemonics["STG.E.128"])
-        assert k.ops["SHFL"] >= 64 and k.ops["SHFL"] % 64 == 0, (k.name, k.ops["SHFL"])
+        shuffles = sum(1 for ins in k.code if ins.opcode == "SHFL" and ".BFLY" in ins.suffix and quad.search(ins.operands))
+        assert shuffles >= 64 and shuffles % 64 == 0, (k.name, shuffles)
     for k in named(sm90a, "sm90_gemm_kernel<2,"):
         assert k.mnemonics["STG.E.128"] == 0 and k.ops["SHFL"] == 0, k.name
 
@@ -106,7 +133,7 @@ def test_hopper_gemm_loads_a_tiles_bias_in_pairs(sm90a):
             if ins.opcode == "WARPGROUP" and ins.suffix.startswith(".DEPBAR") and \
                     ins.operands.strip().startswith("gsb0, 0x0"):
                 waited = True
-            elif ins.opcode == "HGMMA":
+            elif ins.opcode in ("HGMMA", "USETMAXREG"):  # (the producers' code follows the consumers')
                 waited = False
             elif ins.opcode == "LDG" and waited and ".STRONG.GPU" not in ins.suffix:
                 late.append(hex(ins.address))

@@ -46,6 +46,10 @@
 // Optionally (set_merged_backward(1), TWOLAYER_OPS_SM90_MERGED_BACKWARD=1; off until timed) they run in
 // one persistent launch (sm90_gemm_pair_kernel), their tiles one sequence, so that they end on one
 // partial wave instead of one each (about 3% of the backward's GEMMs at the issue's shapes).
+// Optionally (set_overlap_mask(1), TWOLAYER_OPS_SM90_OVERLAP_MASK=1; off until timed) there is no pass:
+// the spare warps of the first GEMM's producer warpgroups write Gm (and db's column sums) while it runs,
+// in 64 x 64 chunks in the order it reads them, each published by a flag that its producer waits for
+// (mask_chunks, overlap_mask.h). The pass's memory traffic then hides under the GEMM's tensor-core time.
 // Why the extra pass rather than masking G as it is loaded: with TMA + wgmma the tiles go from global
 // memory to shared memory to the tensor cores without passing through registers, so a fused mask needs
 // either register-sourced A fragments (ldmatrix, mask, wgmma with A in registers; for dW the A operand
@@ -86,6 +90,7 @@
 #include <vector>
 
 #include "../linear_relu.h"
+#include "overlap_mask.h"
 #include "quad_transpose.h"
 #include "sm90.h"
 
@@ -106,6 +111,24 @@ constexpr int kSmemBytes = kStages * (kABytes + kBBytes) + kConsumers * 2 * kCBo
                            2 * kStages * 8 + 4 * (1 + 3 * kMaxSkPieces);
 constexpr int kGroupM = 16;                        // tile-rows per group of the persistent order
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
+
+// The masked gradient Gm = out <= 0 ? 0 : g, written chunk by chunk (overlap_mask.h) by the spare warps of
+// the producer warpgroup while the backward's first GEMM runs (set_overlap_mask; 16-bit types): that
+// GEMM's A is Gm, loaded a K-tile at a time once the K-tile's chunks are written. flags: rows x cols chunk
+// flags (1 once written), zeros at the launch, as are the counters next and done; flags nullptr: no such
+// job. A separate kernel parameter (in GemmArgs it cost the pair kernel's registers), with everything the
+// writers need worked out on the host: what they keep in registers, their 40 would not hold.
+struct MaskJob {
+  const uint16_t* g = nullptr;  // grad_out (M, N), contiguous, 16-byte aligned
+  const uint16_t* o = nullptr;  // the forward's output (M, N), the same
+  uint16_t* gm = nullptr;       // Gm (M, N), the same
+  float* partial = nullptr;     // (rows, N): each chunk-row's column sums, for db; or nullptr
+  int* flags = nullptr;
+  int* next = nullptr;          // the next chunk of the writing order to take
+  int* done = nullptr;          // chunks written
+  int M = 0, N = 0, rows = 0, cols = 0, total = 0;  // Gm's extents (N % 8 == 0), in chunks, chunks in all
+  int lines = 0;                // the writing order's chunk-lines a group (launch_gemm_cl)
+};
 
 struct GemmArgs {
   void* c = nullptr;           // (M, N) with row stride ldc, of the kernel's element type
@@ -589,12 +612,125 @@ __device__ __forceinline__ void finish_block(bool tma_store) {
   if constexpr (CL > 1) cluster_sync<false>();
 }
 
+// ---- the overlapped mask (set_overlap_mask): Gm written by the producer warpgroup's spare warps ----------
+// The separate pass costs the backward about 55 us at 8192 x 4096 -> 4096 with the tensor cores idle. The
+// GEMMs leave most of the memory bandwidth unused (their operands come from L2), and warps 1-3 of the
+// producer warpgroup idle, so those warps of every block write Gm's chunks while the first GEMM runs, in
+// the order it reads them, and its producer waits for a K-tile's chunks before loading it. The warps never
+// wait on anything, and each takes the next chunk from a counter: every chunk gets written by the blocks
+// that run, whatever the others do.
+
+// Prefetches `bytes` (a multiple of 16) at p (16-byte aligned) into L2, asynchronously: no registers wait.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// One warp writes chunk (rc, cc) of Gm: lane l the 8 columns 8 (l % 8) in rows l / 8 + 4i, in 16-byte loads
+// and stores. The producers' 40 registers hold one row's loads a lane, so the chunk's rows of g and out are
+// first prefetched into L2 (a 128-byte row segment a prefetch, lane l rows l and l + 32): the row loads
+// then wait for L2, not for memory. g, out and Gm share one layout (contiguous), so one offset walks all
+// three. With a partial, also the chunk's column sums over its rows, in a fixed order (rows ascending in a
+// lane, then lanes l % 8 + 8j by a shuffle tree): db does not depend on which warp took the chunk.
+template <int DT>
+__device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int lane) {
+  union V8 {
+    uint4 q;
+    uint16_t e[8];
+  };
+  const uint32_t segment = 2u * uint32_t(min(kChunk, j.N - cc * kChunk));  // a row's bytes in the chunk
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = rc * kChunk + lane + 32 * h;
+    if (m < j.M) {
+      const int64_t first = int64_t(m) * j.N + cc * kChunk;
+      prefetch_l2(j.g + first, segment);
+      prefetch_l2(j.o + first, segment);
+    }
+  }
+  const int n = cc * kChunk + 8 * (lane % 8);
+  const int m0 = rc * kChunk + lane / 8;
+  const int rows = min(kChunk / 4, (j.M - m0 + 3) / 4);  // this lane's rows in the chunk (M - m0 may be <= 0)
+  float s[8];
+#pragma unroll
+  for (int v = 0; v < 8; ++v) s[v] = 0.f;
+  if (n < j.N) {  // N % 8 == 0: a lane's 8 columns are all in or all out
+    const int64_t step = 4 * int64_t(j.N);  // 4 rows
+    int64_t off = int64_t(m0) * j.N + n;
+#pragma unroll 1
+    for (int i = 0; i < rows; ++i, off += step) {
+      V8 gv, ov;  // read once: streaming loads, L2 stays the GEMM's
+      gv.q = __ldcs(reinterpret_cast<const uint4*>(j.g + off));
+      ov.q = __ldcs(reinterpret_cast<const uint4*>(j.o + off));
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        gv.e[v] = Elt<DT>::to_f(ov.e[v]) <= 0.f ? uint16_t(0) : gv.e[v];  // NaN out passes its gradient
+        s[v] += Elt<DT>::to_f(gv.e[v]);
+      }
+      *reinterpret_cast<uint4*>(j.gm + off) = gv.q;
+    }
+  }
+  if (j.partial != nullptr) {
+#pragma unroll
+    for (int v = 0; v < 8; ++v) {
+      s[v] += __shfl_xor_sync(0xffffffffu, s[v], 8);
+      s[v] += __shfl_xor_sync(0xffffffffu, s[v], 16);
+    }
+    if (lane < 8 && n < j.N) {
+      float4* p = reinterpret_cast<float4*>(j.partial + int64_t(rc) * j.N + n);
+      p[0] = make_float4(s[0], s[1], s[2], s[3]);
+      p[1] = make_float4(s[4], s[5], s[6], s[7]);
+    }
+  }
+}
+
+// A spare producer warp's loop: the next chunk of the writing order (overlap_mask.h, after the tile order
+// of the launch's first GEMM: BY_COLUMNS for dW, whose tile side is Gm's columns) until none is left. Each
+// chunk is published by its flag: every lane's stores are fenced for the async proxy (the TMA loads that
+// will read them) and at GPU scope, then lane 0 sets the flag and counts the chunk (relaxed: after that
+// fence, a release pattern).
+template <int DT, bool BY_COLUMNS>
+__device__ __forceinline__ void mask_chunks(const MaskJob& j) {
+  const int lane = threadIdx.x % 32;
+  for (;;) {
+    int i = 0;
+    if (lane == 0) i = atomicAdd(j.next, 1);
+    i = __shfl_sync(0xffffffffu, i, 0);
+    if (i >= j.total) break;
+    int rc, cc;
+    chunk_coords(i, j.rows, j.cols, j.lines, BY_COLUMNS, rc, cc);
+    mask_chunk<DT>(j, rc, cc, lane);
+    asm volatile("fence.proxy.async.global;\nfence.acq_rel.gpu;\n" ::: "memory");
+    __syncwarp();
+    if (lane == 0) {
+      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\nred.relaxed.gpu.global.add.s32 [%2], 1;\n" ::"l"(
+                       j.flags + rc * j.cols + cc),
+                   "r"(1), "l"(j.done)
+                   : "memory");
+    }
+  }
+}
+
+// The producer's wait before loading K-tile kb of A's tile-row tm, where A is a Gm still being written:
+// its two chunks (overlap_mask.h's a_chunk; MN_MAJOR for dW). Then a proxy fence: the
+// chunks' generic writes, acquired, come before this thread's TMA reads of them.
+template <bool MN_MAJOR>
+__device__ __forceinline__ void wait_a_chunks(const MaskJob& j, int tm, int kb) {
+  for (int h = 0; h < 2; ++h) {
+    int rc, cc;
+    a_chunk(tm, kb, h, MN_MAJOR, rc, cc);
+    if (rc < j.rows && cc < j.cols) flag_wait(j.flags + rc * j.cols + cc);
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
 // The producer thread's part of output tile t (t counts tiles of CL blocks; this block takes tile-row
-// CL * row + rank): the tile's K-tiles kb0 .. kb1 - 1 into the ring, one stage after another.
-template <int DT, int TA, int TB, int CL>
+// CL * row + rank): the tile's K-tiles kb0 .. kb1 - 1 into the ring, one stage after another. WAITS: the
+// code that waits for an overlapped mask's chunks (mask->flags set), only where a launch can need it (the
+// single 16-bit backward kernels: in the pair kernel's producer it would not fit the 40 registers).
+template <int DT, int TA, int TB, int CL, bool WAITS = false>
 __device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUtensorMap& tma_b, const GemmArgs& args,
                                              int t, int kb0, int kb1, int rank, const Smem& sm, int& stage,
-                                             uint32_t& phase) {
+                                             uint32_t& phase, const MaskJob* mask = nullptr) {
   int tm, tn;
   tile_coords(t, args, tm, tn);
   tm = tm * CL + rank;
@@ -606,9 +742,18 @@ __device__ __forceinline__ void produce_tile(const CUtensorMap& tma_a, const CUt
   const int a_boxes = TA ? (a_rows + 63) / 64 : (a_rows > 0);
   const int b_boxes = TB ? min(kBN / 64, (args.N - n0 + 63) / 64) : min(CL, (args.N - n0 + kBN / CL - 1) / (kBN / CL));
   const uint32_t bytes = uint32_t(a_boxes * (TA ? kBox : kABytes)) + uint32_t(b_boxes * (TB ? kBox : kBBytes / CL));
+  // A Gm still being written: wait for each K-tile's chunks, until the count says all are written.
+  bool wait = false;
+  if (WAITS && mask->flags != nullptr) {
+    wait = flag_acquire(mask->done) < mask->total;
+    if (!wait) asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  }
   for (int kb = kb0; kb < kb1; ++kb) {
     const int k0 = kb * kBK<DT>;
     const uint32_t full = sm.bars + 8 * stage, empty = sm.bars + 8 * (kStages + stage);
+    if constexpr (WAITS) {
+      if (wait) wait_a_chunks<TA == 1>(*mask, tm, kb);  // before the ring's wait, which it overlaps
+    }
     mbar_wait(empty, phase ^ 1u);  // a fresh barrier passes parity 1 at once
     mbar_arrive_expect_tx(full, bytes);
     const uint32_t a_dst = sm.sa + stage * kABytes, b_dst = sm.sb + stage * kBBytes;
@@ -848,7 +993,8 @@ __device__ __forceinline__ void consume_tile(float (&acc)[128], const CUtensorMa
 template <int DT, int TA, int TB, bool RELU, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
-                     const __grid_constant__ CUtensorMap tma_c, const GemmArgs args) {
+                     const __grid_constant__ CUtensorMap tma_c, const GemmArgs args,
+                     const __grid_constant__ MaskJob mask) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 blocks");
   extern __shared__ unsigned char smem_raw[];
@@ -864,7 +1010,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       prefetch_tmap(&tma_a);
       prefetch_tmap(&tma_b);
       for (int i = 0, t, kb0, kb1; work_piece(args, sm, cluster, clusters, i, t, kb0, kb1); ++i)
-        produce_tile<DT, TA, TB, CL>(tma_a, tma_b, args, t, kb0, kb1, rank, sm, stage, phase);
+        produce_tile<DT, TA, TB, CL, !RELU && DT != kTF32>(tma_a, tma_b, args, t, kb0, kb1, rank, sm, stage, phase,
+                                                           &mask);
+    } else if (threadIdx.x >= 32) {
+      if constexpr (!RELU && DT != kTF32) {  // a 16-bit backward product: the overlapped mask's writers
+        if (mask.flags != nullptr) mask_chunks<DT, TA == 1>(mask);
+      }
     }
   } else {
     // ---- consumer warpgroups --------------------------------------------------------------------------
@@ -881,7 +1032,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 // Two products in one persistent launch (the backward's dX and dW; TWOLAYER_OPS_SM90_MERGED_BACKWARD=1):
 // tiles [0, tiles of product 1) are product 1's, the rest product 2's, and the blocks walk them as one
 // sequence, so the two products end on one partial wave instead of one each. Plain products (no bias,
-// no ReLU), each with its own operands, layouts (TA, TB) and C.
+// no ReLU), each with its own operands, layouts (TA, TB) and C. Gm is all written before it starts (no
+// overlapped mask: its producer thread has no registers for the waits).
 template <int DT, int TA1, int TB1, int TA2, int TB2, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
     sm90_gemm_pair_kernel(const __grid_constant__ CUtensorMap tma_a1, const __grid_constant__ CUtensorMap tma_b1,
@@ -1060,10 +1212,11 @@ Switch g_tma_store{"TWOLAYER_OPS_SM90_TMA_STORE", "set_tma_store", false};
 Switch g_wide_stores{"TWOLAYER_OPS_SM90_WIDE_STORES", "set_wide_stores", false};
 Switch g_merged_backward{"TWOLAYER_OPS_SM90_MERGED_BACKWARD", "set_merged_backward", false};
 Switch g_stream_k{"TWOLAYER_OPS_SM90_STREAM_K", "set_stream_k", false};
+Switch g_overlap_mask{"TWOLAYER_OPS_SM90_OVERLAP_MASK", "set_overlap_mask", false};
 std::atomic<int> g_group_m{0};  // tile-rows per group of the persistent order; 0: kGroupM (set_group_m)
 std::atomic<int> g_cluster{-1};  // -1: follow TWOLAYER_OPS_SM90_CLUSTER; else blocks per cluster, 1 or 2
 std::atomic<int64_t> g_forward_calls{0}, g_backward_calls{0}, g_cluster_launches{0}, g_tma_store_launches{0},
-    g_wide_store_launches{0}, g_merged_launches{0}, g_stream_k_launches{0};
+    g_wide_store_launches{0}, g_merged_launches{0}, g_stream_k_launches{0}, g_overlap_launches{0};
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_probe[kMaxDevices];  // 0 unknown, 1 sm_90a image on a 9.0 device, 2 no
 
@@ -1329,20 +1482,23 @@ at::Tensor plan_stream_k(GemmArgs& a, int tiles, int device) {
 }
 
 template <int DT, int TA, int TB, bool RELU, int CL>
-void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device) {
+void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, int device, MaskJob mask) {
   CUtensorMap mc;
   const int tiles = plan_gemm<DT, CL>(a, mc);
+  mask.lines = 2 * a.group_m * CL;  // the writing order follows the tile order: 2 chunk-lines a tile-row
   at::Tensor workspace;
   if constexpr (CL == 1) workspace = plan_stream_k(a, tiles, device);
-  launch_persistent<sm90_gemm_kernel<DT, TA, TB, RELU, CL>, CL>(tiles, device, ma, mb, mc, a);
+  launch_persistent<sm90_gemm_kernel<DT, TA, TB, RELU, CL>, CL>(tiles, device, ma, mb, mc, a, mask);
 }
 
+// mask: an overlapped mask's job, for the backward GEMM that runs first (its A is Gm); else none.
 template <int DT, int TA, int TB, bool RELU>
-void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, const GemmArgs& a, int device, int cl) {
+void launch_gemm(const CUtensorMap& ma, const CUtensorMap& mb, const GemmArgs& a, int device, int cl,
+                 const MaskJob& mask = MaskJob{}) {
   if (cl == 2) {
-    launch_gemm_cl<DT, TA, TB, RELU, 2>(ma, mb, a, device);
+    launch_gemm_cl<DT, TA, TB, RELU, 2>(ma, mb, a, device, mask);
   } else {
-    launch_gemm_cl<DT, TA, TB, RELU, 1>(ma, mb, a, device);
+    launch_gemm_cl<DT, TA, TB, RELU, 1>(ma, mb, a, device, mask);
   }
 }
 
@@ -1352,15 +1508,16 @@ bool tiles_fit(int64_t M, int64_t N) {
 }
 
 // The backward's two products, dX (A1, B1 -> a1) and dW (A2, B2 -> a2): one persistent launch where
-// TWOLAYER_OPS_SM90_MERGED_BACKWARD is on, both run in clusters of the same size and their tiles
-// together fit the tile index; else one launch each.
+// TWOLAYER_OPS_SM90_MERGED_BACKWARD is on, Gm is written before (no overlapped mask), both run in
+// clusters of the same size and their tiles together fit the tile index; else one launch each, dX's
+// writing Gm where an overlapped mask's job is given (dW reads it after).
 template <int DT, int TA1, int TB1, int TA2, int TB2>
 void launch_gemm_pair(const CUtensorMap& ma1, const CUtensorMap& mb1, GemmArgs a1, int cl1, const CUtensorMap& ma2,
-                      const CUtensorMap& mb2, GemmArgs a2, int cl2, int device) {
+                      const CUtensorMap& mb2, GemmArgs a2, int cl2, int device, const MaskJob& mask = MaskJob{}) {
   const int64_t m_rows = (int64_t(a1.M) + kBM - 1) / kBM + (int64_t(a2.M) + kBM - 1) / kBM;
   const int64_t n_cols = (int64_t(std::max(a1.N, a2.N)) + kBN - 1) / kBN;
-  if (!g_merged_backward.on() || cl1 != cl2 || !tiles_fit(m_rows * kBM, n_cols * kBN)) {
-    launch_gemm<DT, TA1, TB1, false>(ma1, mb1, a1, device, cl1);
+  if (!g_merged_backward.on() || mask.flags != nullptr || cl1 != cl2 || !tiles_fit(m_rows * kBM, n_cols * kBN)) {
+    launch_gemm<DT, TA1, TB1, false>(ma1, mb1, a1, device, cl1, mask);
     launch_gemm<DT, TA2, TB2, false>(ma2, mb2, a2, device, cl2);
     return;
   }
@@ -1375,6 +1532,15 @@ void launch_gemm_pair(const CUtensorMap& ma1, const CUtensorMap& mb1, GemmArgs a
     launch_persistent<sm90_gemm_pair_kernel<DT, TA1, TB1, TA2, TB2, 1>, 1>(tiles, device, ma1, mb1, mc1, a1, ma2, mb2,
                                                                           mc2, a2);
   }
+}
+
+// db (N,) = the column sums of partial (R, N), row after row.
+template <int DT>
+void launch_db(const at::Tensor& partial, at::Tensor& grad_b, cudaStream_t stream) {
+  const int64_t R = partial.size(0), N = partial.size(1);
+  sm90_db_kernel<DT><<<unsigned((N + 255) / 256), 256, 0, stream>>>(partial.const_data_ptr<float>(), R, N,
+                                                                     static_cast<uint16_t*>(grad_b.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int DT>
@@ -1399,11 +1565,43 @@ void launch_mask_and_db(const at::Tensor& g2, const at::Tensor& o2, at::Tensor& 
       static_cast<uint16_t*>(gm.data_ptr()), grad_b != nullptr ? partial.data_ptr<float>() : nullptr, M, N,
       rows_per_block, vec);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (grad_b != nullptr) {
-    sm90_db_kernel<DT><<<unsigned((N + 255) / 256), 256, 0, stream>>>(partial.data_ptr<float>(), R, N,
-                                                                       static_cast<uint16_t*>(grad_b->data_ptr()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  if (grad_b != nullptr) launch_db<DT>(partial, *grad_b, stream);
+}
+
+// The overlapped mask's job (set_overlap_mask; MaskJob) where the switch is on, the merged backward's is
+// off (sm90_gemm_pair_kernel does not wait), K >= kOverlapMinK, the chunks fit an int and g and out are
+// contiguous and 16-byte aligned, like Gm; else none (flags nullptr): the separate pass writes Gm. flags
+// and partial (db's column sums, one row a chunk-row, where db runs) are its workspaces, to keep until the
+// kernels are queued. K: either GEMM does K multiply-adds an element of Gm, the writers a few loads and a
+// store, whatever the grid; under kOverlapMinK the GEMM would wait for its writers more than it gains.
+constexpr int64_t kOverlapMinK = 1024;
+MaskJob plan_overlap_mask(const at::Tensor& g2, const at::Tensor& o2, at::Tensor& gm, int64_t K, bool run_db,
+                          at::Tensor& flags, at::Tensor& partial) {
+  MaskJob j;
+  const int64_t M = gm.size(0), N = gm.size(1);
+  const int64_t rows = (M + kChunk - 1) / kChunk, cols = (N + kChunk - 1) / kChunk;
+  const auto like_gm = [](const at::Tensor& t) {
+    return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  };
+  if (!g_overlap_mask.on() || g_merged_backward.on() || K < kOverlapMinK || rows * cols > int64_t(INT_MAX) - 2 ||
+      !like_gm(g2) || !like_gm(o2))
+    return j;
+  flags = at::zeros({rows * cols + 2}, gm.options().dtype(at::kInt));  // the flags, next, done
+  if (run_db) partial = at::empty({rows, N}, gm.options().dtype(at::kFloat));
+  j.g = static_cast<const uint16_t*>(g2.const_data_ptr());
+  j.o = static_cast<const uint16_t*>(o2.const_data_ptr());
+  j.gm = static_cast<uint16_t*>(gm.data_ptr());
+  j.partial = run_db ? partial.data_ptr<float>() : nullptr;
+  j.flags = flags.data_ptr<int>();
+  j.next = j.flags + rows * cols;
+  j.done = j.next + 1;
+  j.M = int(M);
+  j.N = int(N);
+  j.rows = int(rows);
+  j.cols = int(cols);
+  j.total = int(rows * cols);
+  g_overlap_launches.fetch_add(1);
+  return j;
 }
 
 GemmArgs out_args(at::Tensor& c, int64_t M, int64_t N, int64_t K) {
@@ -1470,7 +1668,7 @@ std::vector<int64_t> info_op() {
           int64_t(g_tf32.on()), int64_t(cluster_setting()), g_cluster_launches.load(), int64_t(g_tma_store.on()),
           g_tma_store_launches.load(), int64_t(g_wide_stores.on()), g_wide_store_launches.load(),
           int64_t(g_merged_backward.on()), g_merged_launches.load(), int64_t(g_stream_k.on()),
-          g_stream_k_launches.load()};
+          g_stream_k_launches.load(), int64_t(g_overlap_mask.on()), g_overlap_launches.load()};
 }
 
 void set_mode_op(int64_t mode) { g_path.set(mode); }
@@ -1479,6 +1677,7 @@ void set_tma_store_op(int64_t mode) { g_tma_store.set(mode); }
 void set_wide_stores_op(int64_t mode) { g_wide_stores.set(mode); }
 void set_merged_backward_op(int64_t mode) { g_merged_backward.set(mode); }
 void set_stream_k_op(int64_t mode) { g_stream_k.set(mode); }
+void set_overlap_mask_op(int64_t mode) { g_overlap_mask.set(mode); }
 
 void set_cluster_op(int64_t blocks) {
   TORCH_CHECK(blocks == -1 || blocks == 1 || blocks == 2,
@@ -1550,31 +1749,43 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
     return false;
   const int device = x2.get_device();
   const int cl_dx = cluster_blocks(M, device), cl_dw = cluster_blocks(N, device);  // B is MN-major: any box
-  if (bf16) {
+  // Gm: written by the first GEMM's spare warps as it goes (set_overlap_mask), or by a pass before it.
+  at::Tensor flags, partial;
+  const MaskJob job = plan_overlap_mask(g2, o2, gm, K, run_db, flags, partial);
+  const bool overlap = job.flags != nullptr;
+  if (!overlap && bf16) {
     launch_mask_and_db<kBF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
-  } else {
+  } else if (!overlap) {
     launch_mask_and_db<kF16>(g2, o2, gm, run_db ? &grad_b : nullptr, device);
   }
   if (run_dx && run_dw) {
     const GemmArgs a1 = out_args(grad_x, M, K, N), a2 = out_args(grad_w, N, K, M);
     if (bf16) {
-      launch_gemm_pair<kBF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device);
+      launch_gemm_pair<kBF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device, job);
     } else {
-      launch_gemm_pair<kF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device);
+      launch_gemm_pair<kF16, 0, 1, 1, 1>(dx_a, dx_b, a1, cl_dx, dw_a, dw_b, a2, cl_dw, device, job);
     }
   } else if (run_dx) {
     const GemmArgs a = out_args(grad_x, M, K, N);
     if (bf16) {
-      launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
+      launch_gemm<kBF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx, job);
     } else {
-      launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx);
+      launch_gemm<kF16, 0, 1, false>(dx_a, dx_b, a, device, cl_dx, job);
     }
   } else {
     const GemmArgs a = out_args(grad_w, N, K, M);
     if (bf16) {
-      launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw);
+      launch_gemm<kBF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw, job);
     } else {
-      launch_gemm<kF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw);
+      launch_gemm<kF16, 1, 1, false>(dw_a, dw_b, a, device, cl_dw, job);
+    }
+  }
+  if (overlap && run_db) {  // after the launch whose warps wrote the column sums
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+    if (bf16) {
+      launch_db<kBF16>(partial, grad_b, stream);
+    } else {
+      launch_db<kF16>(partial, grad_b, stream);
     }
   }
   g_backward_calls.fetch_add(1);
@@ -1586,7 +1797,7 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 
 // torch.ops.twolayer_ops_sm90.info() -> [mode, env, probe, forward calls, backward calls, tf32, cluster,
 // cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches, merged_backward,
-// merged launches, stream_k, stream-K launches]. See sm90.h.
+// merged launches, stream_k, stream-K launches, overlap_mask, overlapped-mask launches]. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_mode(m): -1 follow TWOLAYER_OPS_SM90, 0 off, 1 on. See sm90.h.
 // torch.ops.twolayer_ops_sm90.set_tf32(m): the TF32 forward; -1 follow TWOLAYER_OPS_SM90_TF32, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_group_m(g): the persistent order's group height, 0 for the default
@@ -1600,6 +1811,8 @@ bool try_backward(const at::Tensor& g2, const at::Tensor& o2, const at::Tensor& 
 // TWOLAYER_OPS_SM90_MERGED_BACKWARD, 0 off, 1 on.
 // torch.ops.twolayer_ops_sm90.set_stream_k(m): the last waves' tiles shared out by K-blocks (single-block
 // launches); -1 follow TWOLAYER_OPS_SM90_STREAM_K, 0 off, 1 on.
+// torch.ops.twolayer_ops_sm90.set_overlap_mask(m): the 16-bit backward's masked gradient written during its
+// first GEMM; -1 follow TWOLAYER_OPS_SM90_OVERLAP_MASK, 0 off, 1 on.
 TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("info() -> int[]", &twolayer_ops::sm90::info_op);
   m.def("set_mode(int mode) -> ()", &twolayer_ops::sm90::set_mode_op);
@@ -1610,4 +1823,5 @@ TORCH_LIBRARY(twolayer_ops_sm90, m) {
   m.def("set_wide_stores(int mode) -> ()", &twolayer_ops::sm90::set_wide_stores_op);
   m.def("set_merged_backward(int mode) -> ()", &twolayer_ops::sm90::set_merged_backward_op);
   m.def("set_stream_k(int mode) -> ()", &twolayer_ops::sm90::set_stream_k_op);
+  m.def("set_overlap_mask(int mode) -> ()", &twolayer_ops::sm90::set_overlap_mask_op);
 }

@@ -18,12 +18,13 @@
 //     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls, tf32,
 // cluster, cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches,
-// merged_backward, merged launches, stream_k, stream-K launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
+// merged_backward, merged launches, stream_k, stream-K launches, overlap_mask, overlapped-mask launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
 // -1 no CUDA device; tf32: the TF32 switch; cluster: blocks per cluster, 1 or 2; tma_store: the
 // TMA-store switch; wide_stores: the 16-byte-store switch; the launch counts: launches in two-block
 // clusters (a merged backward's one launch runs two GEMMs), GEMMs that stored C by TMA, GEMMs that
 // stored 16-bit C in 16-byte stores, backwards whose dX and dW ran in one launch, GEMMs whose last
-// waves' tiles were shared out by K-blocks) for tests and benchmarks;
+// waves' tiles were shared out by K-blocks, backwards whose masked gradient was written during a GEMM)
+// for tests and benchmarks;
 // torch.ops.twolayer_ops_sm90.set_group_m(g) sets the persistent tile order's group height (0: the
 // default, 16), for tuning sweeps;
 // torch.ops.twolayer_ops_sm90.set_cluster(n) runs the GEMMs in clusters of n = 2 blocks that share their
@@ -40,8 +41,12 @@
 // torch.ops.twolayer_ops_sm90.set_stream_k(1) shares the tiles of a single-block GEMM's last whole wave
 // and its partial one out by K-blocks, so that no SM idles through the partial wave (0: whole tiles;
 // -1: back to TWOLAYER_OPS_SM90_STREAM_K, where 1 turns it on). TWOLAYER_OPS_SM90_GRID=n caps the
-// persistent grid of single blocks at n (for tests: many tiles a block, stream-K on small problems).
-// All five off by default: written without a GPU, they wait for a GPU run to check and time them.
+// persistent grid of single blocks at n (for tests: many tiles a block, stream-K on small problems);
+// torch.ops.twolayer_ops_sm90.set_overlap_mask(1) has the 16-bit backward's first GEMM write the masked
+// gradient (and db's column sums) with its producer warpgroups' spare warps while it runs, instead of a
+// pass before it, where K >= 1024 and grad_out and the output are contiguous (0: the pass; -1: back to
+// TWOLAYER_OPS_SM90_OVERLAP_MASK, where 1 turns it on; the merged backward keeps the pass).
+// All six off by default: written without a GPU, they wait for a GPU run to check and time them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
