@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.library import opcheck
 
 import twolayer_ops
@@ -112,6 +113,23 @@ def test_f_linear_other_forms(device, backend, x_shape, w_shape, b_shape):
     want = torch.autograd.grad(ref, [t for t in ref_inputs if t is not None], grad_out)
     for i, (gt, wt) in enumerate(zip(got, want)):
         assert_close_to_ref(gt, wt, torch.float64, f"grad {i}")
+
+
+def test_one_d_x_takes_a_row_bias_as_f_linear_does(device, backend):
+    """A 1-D x with a (1, N) bias: F.linear returns a 1-D output and a (1, N) bias gradient; so does the op."""
+    g = torch.Generator().manual_seed(4)
+    x, w, b = (torch.randn(shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+               for shape in ((5,), (4, 5), (1, 4)))
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    out = linear_relu(x, w, b, backend=backend)
+    ref = torch.relu(F.linear(*ref_inputs))
+    assert out.shape == ref.shape == (4,)
+    assert_close_to_ref(out, ref)
+    grad_out = torch.randn(4, generator=g, dtype=torch.float64).to(device)
+    for i, (got, want) in enumerate(zip(torch.autograd.grad(out, (x, w, b), grad_out),
+                                        torch.autograd.grad(ref, ref_inputs, grad_out))):
+        assert got.shape == want.shape, (i, got.shape, want.shape)
+        assert_close_to_ref(got, want, torch.float64, f"grad {i}")
 
 
 def test_other_forms_reach_the_op_reshaped(monkeypatch, device, backend):

@@ -83,11 +83,14 @@ def explain_bad_args(x, weight, bias, *, other_forms):
 
 def feature_bias(x, weight, bias):
     """bias as the kernels' (N,) vector (a view), where F.linear broadcasts it as one value per
-    output feature: (N,), (), (1,) or (1, ..., 1 or N), with no more dimensions than the output.
-    None for any other shape (a bias that varies over rows cannot go in the fused epilogue)."""
+    output feature: (N,), (), (1,) or (1, ..., 1 or N), with no more dimensions than the output, and
+    (1, N) for a 1-D x, whose output F.linear keeps 1-D. None for any other shape (a bias that varies
+    over rows cannot go in the fused epilogue)."""
     features = weight.shape[0] if weight.dim() == 2 else 1
     out_dim = x.dim() if weight.dim() == 2 else x.dim() - 1
     last = bias.shape[-1] if bias.dim() else 1
+    if x.dim() == 1 and weight.dim() == 2 and tuple(bias.shape) == (1, features):
+        return bias.reshape(features)
     if bias.dim() > out_dim or last not in (1, features) or any(d != 1 for d in bias.shape[:-1]):
         return None
     return bias.reshape(last).expand(features)
