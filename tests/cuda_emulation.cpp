@@ -611,7 +611,8 @@ extern "C" int emulated_stream_k(int tiles, int blocks, int k_blocks, int* plan,
 // The overlapped mask's writing order (overlap_mask.h) of a Gm of rows x cols chunks: order[2i], order[2i + 1]
 // = chunk i's (chunk-row, chunk-column).
 extern "C" int emulated_chunk_order(int rows, int cols, int lines, int by_columns, int* order) {
-  for (int i = 0; i < rows * cols; ++i) twolayer_ops::sm90::chunk_coords(i, rows, cols, lines, by_columns != 0, order[2 * i], order[2 * i + 1]);
+  for (int i = 0; i < rows * cols; ++i)
+    twolayer_ops::sm90::chunk_coords(i, rows, cols, lines, by_columns != 0, order[2 * i], order[2 * i + 1]);
   return 0;
 }
 

@@ -395,7 +395,8 @@ def worker(out_path, only=None):
 # products in one launch (alone and in clusters), stream-K for the last waves (on the whole GPU, where
 # the big cases share tiles out; and on a grid of 7 blocks, where most cases do, the TMA-store epilogue on),
 # and the masked gradient written during the backward's first GEMM (on the whole GPU; in clusters; on 7
-# blocks with stream-K, where each block's 3 writers take many chunks and the producers wait on them).
+# blocks, where each block's 3 writers take many chunks and the producers wait on them, with stream-K on
+# in the launches that do not write Gm).
 DEFAULT_SWITCHES = {"TWOLAYER_OPS_SM90_CLUSTER": "1", "TWOLAYER_OPS_SM90_TMA_STORE": "0",
                     "TWOLAYER_OPS_SM90_WIDE_STORES": "0", "TWOLAYER_OPS_SM90_MERGED_BACKWARD": "0",
                     "TWOLAYER_OPS_SM90_STREAM_K": "0", "TWOLAYER_OPS_SM90_GRID": "0",

@@ -47,7 +47,8 @@ def test_hopper_gemm_is_wgmma_fed_by_tma_with_warp_specialization(sm90a):
 def mask_writers(kernels):
     """The sm90 GEMMs that carry the overlapped mask's writers: the 16-bit (element types 0, 1) backward
     products (no ReLU) run alone, not the merged pair kernel."""
-    return [k for k in named(kernels, "sm90_gemm_kernel<") if re.match(r"sm90_gemm_kernel<[01], \d, \d, false,", k.name)]
+    backward_16bit = re.compile(r"sm90_gemm_kernel<[01], \d, \d, false,")
+    return [k for k in named(kernels, "sm90_gemm_kernel<") if backward_16bit.match(k.name)]
 
 
 def test_hopper_backward_gemms_carry_the_overlapped_masks_writers(sm90a):
@@ -112,7 +113,8 @@ def test_hopper_16bit_gemms_have_the_wide_store_epilogue(sm90a):
     quad = re.compile(r", 0x[123], 0x1f")  # a butterfly within the quad (the overlapped mask's are 8 and 16 apart)
     for k in named(sm90a, "sm90_gemm_kernel<0,") + named(sm90a, "sm90_gemm_kernel<1,"):
         assert k.mnemonics["STG.E.128"] >= 16, (k.name, k.mnemonics["STG.E.128"])
-        shuffles = sum(1 for ins in k.code if ins.opcode == "SHFL" and ".BFLY" in ins.suffix and quad.search(ins.operands))
+        shuffles = sum(1 for ins in k.code
+                       if ins.opcode == "SHFL" and ".BFLY" in ins.suffix and quad.search(ins.operands))
         assert shuffles >= 64 and shuffles % 64 == 0, (k.name, shuffles)
     for k in named(sm90a, "sm90_gemm_kernel<2,"):
         assert k.mnemonics["STG.E.128"] == 0 and k.ops["SHFL"] == 0, k.name

@@ -685,9 +685,10 @@ __device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int
 
 // A spare producer warp's loop: the next chunk of the writing order (overlap_mask.h, after the tile order
 // of the launch's first GEMM: BY_COLUMNS for dW, whose tile side is Gm's columns) until none is left. Each
-// chunk is published by its flag: every lane's stores are fenced for the async proxy (the TMA loads that
-// will read them) and at GPU scope, then lane 0 sets the flag and counts the chunk (relaxed: after that
-// fence, a release pattern).
+// chunk is published by its flag: every lane fences its stores for the async proxy (the TMA loads that
+// will read them); after the warp's barrier, lane 0 fences at GPU scope and sets the flag and counts the
+// chunk (a release pattern: the fence and the writes in one thread, the other lanes' stores ordered before
+// it by the barrier).
 template <int DT, bool BY_COLUMNS>
 __device__ __forceinline__ void mask_chunks(const MaskJob& j) {
   const int lane = threadIdx.x % 32;
@@ -699,13 +700,14 @@ __device__ __forceinline__ void mask_chunks(const MaskJob& j) {
     int rc, cc;
     chunk_coords(i, j.rows, j.cols, j.lines, BY_COLUMNS, rc, cc);
     mask_chunk<DT>(j, rc, cc, lane);
-    asm volatile("fence.proxy.async.global;\nfence.acq_rel.gpu;\n" ::: "memory");
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
     __syncwarp();
     if (lane == 0) {
-      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\nred.relaxed.gpu.global.add.s32 [%2], 1;\n" ::"l"(
-                       j.flags + rc * j.cols + cc),
-                   "r"(1), "l"(j.done)
-                   : "memory");
+      asm volatile(
+          "fence.acq_rel.gpu;\nst.relaxed.gpu.global.b32 [%0], %1;\nred.relaxed.gpu.global.add.s32 [%2], 1;\n" ::"l"(
+              j.flags + rc * j.cols + cc),
+          "r"(1), "l"(j.done)
+          : "memory");
     }
   }
 }
@@ -1497,8 +1499,11 @@ void launch_gemm_cl(const CUtensorMap& ma, const CUtensorMap& mb, GemmArgs a, in
   CUtensorMap mc;
   const int tiles = plan_gemm<DT, CL>(a, mc);
   mask.lines = 2 * a.group_m * CL;  // the writing order follows the tile order: 2 chunk-lines a tile-row
+  // No stream-K while Gm is being written: its pieces are the last tiles, run first, whose chunks come last.
   at::Tensor workspace;
-  if constexpr (CL == 1) workspace = plan_stream_k(a, tiles, device);
+  if constexpr (CL == 1) {
+    if (mask.flags == nullptr) workspace = plan_stream_k(a, tiles, device);
+  }
   launch_persistent<sm90_gemm_kernel<DT, TA, TB, RELU, CL>, CL>(tiles, device, ma, mb, mc, a, mask);
 }
 
@@ -1594,8 +1599,9 @@ MaskJob plan_overlap_mask(const at::Tensor& g2, const at::Tensor& o2, at::Tensor
   const auto like_gm = [](const at::Tensor& t) {
     return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
   };
-  if (!g_overlap_mask.on() || g_merged_backward.on() || K < kOverlapMinK || rows * cols > int64_t(INT_MAX) - 2 ||
-      !like_gm(g2) || !like_gm(o2))
+  // (next ends at most one per writer warp past the chunks: room for that in an int)
+  if (!g_overlap_mask.on() || g_merged_backward.on() || K < kOverlapMinK ||
+      rows * cols > int64_t(INT_MAX) - (1 << 20) || !like_gm(g2) || !like_gm(o2))
     return j;
   flags = at::zeros({rows * cols + 2}, gm.options().dtype(at::kInt));  // the flags, next, done
   if (run_db) partial = at::empty({rows, N}, gm.options().dtype(at::kFloat));

@@ -18,9 +18,10 @@
 //     writes is read by TMA; TF32: N % 4 and, for dW, M % 4); every extent below 2^30.
 // torch.ops.twolayer_ops_sm90.info() returns [mode, env, probe, forward calls, backward calls, tf32,
 // cluster, cluster launches, tma_store, tma_store launches, wide_stores, wide-store launches,
-// merged_backward, merged launches, stream_k, stream-K launches, overlap_mask, overlapped-mask launches] (probe: 1 sm_90a image on a 9.0 device, 0 not,
-// -1 no CUDA device; tf32: the TF32 switch; cluster: blocks per cluster, 1 or 2; tma_store: the
-// TMA-store switch; wide_stores: the 16-byte-store switch; the launch counts: launches in two-block
+// merged_backward, merged launches, stream_k, stream-K launches, overlap_mask, overlapped-mask launches]
+// (probe: 1 sm_90a image on a 9.0 device, 0 not, -1 no CUDA device; tf32: the TF32 switch; cluster:
+// blocks per cluster, 1 or 2; tma_store: the TMA-store switch; wide_stores: the 16-byte-store switch;
+// overlap_mask: the overlapped-mask switch; the launch counts: launches in two-block
 // clusters (a merged backward's one launch runs two GEMMs), GEMMs that stored C by TMA, GEMMs that
 // stored 16-bit C in 16-byte stores, backwards whose dX and dW ran in one launch, GEMMs whose last
 // waves' tiles were shared out by K-blocks, backwards whose masked gradient was written during a GEMM)
