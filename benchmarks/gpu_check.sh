@@ -5,8 +5,9 @@
 #          budget is spent: the CUDA tests (newest work first), then the steps of `more`: the kernel
 #          benchmark of the issue-6 shapes and the seed's layers, the forward with and without its bias,
 #          float32 in the 128-thread SIMT tiles (off until timed) and their memcheck,
-#          the same sm90 shapes under the GEMM variants that are off until timed (two-block clusters,
-#          the TMA-store epilogue, 16-byte register stores, the merged backward, stream-K) and their memcheck,
+#          the same sm90 shapes under the GEMM variants that are off until timed (the backward's
+#          overlapped mask first, then two-block clusters, the TMA-store epilogue, 16-byte register
+#          stores, the merged backward, stream-K) and their memcheck (the overlapped mask's first),
 #          the seed's layers replayed from CUDA graphs (and under the portable GEMMs' switches that are
 #          off until timed: deeper splits over K, float32's small-output tiles), ...
 #   more   (a second call on the same warm machine) every step of `all` after the tests, skipping the
@@ -97,14 +98,18 @@ HOPPER_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:819
 SEED_CASES="float32:64x1000x100+64x100x10"
 # The sm90 shapes again under each GEMM variant that is off until timed (two-block clusters sharing B by
 # TMA multicast; the TMA-store epilogue; both; 16-byte stores from the registers; the backward's dX and dW
-# in one launch; stream-K for the last waves; the masked gradient written during the backward's first GEMM),
-# one process each (the switches are read once).
+# in one launch; stream-K for the last waves), one process each (the switches are read once); before them
+# the masked gradient written during the backward's first GEMM, on the 16-bit backward it changes.
 VARIANT_CASES="bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096;tf32:4096x4096x4096+8192x4096x4096"
 variant_kernels() {  # a variant that fails (a trap, a wrong result) does not keep the others from running
   local spec name status=0
+  # The newest first, on what it changes alone: the 16-bit backward (the forward runs the default kernels).
+  echo "== variant overlap_mask: TWOLAYER_OPS_SM90_OVERLAP_MASK=1"
+  TWOLAYER_OPS_SM90_OVERLAP_MASK=1 "$PY" -m benchmarks.linear_relu --device cuda \
+    --cases "bfloat16:8192x4096x4096+8192x4096x16384+8192x8192x8192;float16:8192x4096x4096" --modes fwdbwd \
+    --providers native,mm --csv "$logs/kernels_overlap_mask.csv" || status=1
   for spec in "clusters CLUSTER=2" "tma_store TMA_STORE=1" "clusters_tma_store CLUSTER=2 TMA_STORE=1" \
-      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1" "stream_k STREAM_K=1" \
-      "overlap_mask OVERLAP_MASK=1"; do
+      "wide_stores WIDE_STORES=1" "merged_backward MERGED_BACKWARD=1" "stream_k STREAM_K=1"; do
     set -- $spec
     name=$1; shift
     echo "== variant $name: ${*/#/TWOLAYER_OPS_SM90_}"
@@ -167,6 +172,10 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   step sanitize_simt_wide 40 env TWOLAYER_OPS_SIMT_WIDE_THREAD_TILES=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   step kernels_variants 260 bash -c variant_kernels
+  # The overlapped mask on 7 blocks: ragged chunks past M and N, producers waiting on other blocks' writers.
+  step sanitize_sm90_overlap 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_OVERLAP_MASK=1 \
+    TWOLAYER_OPS_SM90_GRID=7 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_overlap.json" ragged
   # The sm90 memchecks run without PyTorch's caching allocator (memcheck sees its segments, not the tensors
   # in them: a store past a tensor's end would pass), and the worker exits 1 on a failed case or none run.
   step sanitize_sm90_variants 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_CLUSTER=2 \
@@ -179,10 +188,6 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   step sanitize_sm90_stream_k 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_STREAM_K=1 \
     TWOLAYER_OPS_SM90_GRID=7 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_stream_k.json" ragged
-  # The overlapped mask on 7 blocks: ragged chunks past M and N, producers waiting on other blocks' writers.
-  step sanitize_sm90_overlap 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_OVERLAP_MASK=1 \
-    TWOLAYER_OPS_SM90_GRID=7 \
-    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_overlap.json" ragged
   step kernels_graph 120 bash -c graph_kernels
   step hopper_evidence 100 env BUILD_LOG="$logs/build.log" bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton

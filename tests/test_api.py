@@ -126,7 +126,8 @@ def argument_forms(draw):
 def test_argument_forms_match_the_formula_or_raise_clearly(form, backend):
     """Each form either matches x @ weight.T + bias (F.linear's formula) in output, shape and every
     gradient, or raises ValueError: exactly the forms with one bias value per output feature and no
-    more bias dimensions than output dimensions are taken."""
+    more bias dimensions than output dimensions are taken, and a (N, K) weight's (1, N) bias for a 1-D x
+    (F.linear keeps that output 1-D)."""
     lead, k, n, vector_weight, bias_shape = form
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*lead, k, generator=g, dtype=torch.float64, requires_grad=True)
@@ -134,7 +135,8 @@ def test_argument_forms_match_the_formula_or_raise_clearly(form, backend):
     b = None if bias_shape is None else torch.randn(bias_shape, generator=g, dtype=torch.float64, requires_grad=True)
     out_dims = x.dim() - vector_weight
     features = 1 if vector_weight else n
-    taken = b is None or (
+    row_bias_1d = b is not None and x.dim() == 1 and not vector_weight and tuple(b.shape) == (1, n)
+    taken = b is None or row_bias_1d or (
         b.dim() <= out_dims and (b.shape[-1] if b.dim() else 1) in (1, features) and all(d == 1 for d in b.shape[:-1])
     )
     if not taken:
@@ -142,7 +144,7 @@ def test_argument_forms_match_the_formula_or_raise_clearly(form, backend):
             linear_relu(x, w, b, backend=backend)
         return
     out = linear_relu(x, w, b, backend=backend)
-    ref = torch.relu(x @ w.t() + (0 if b is None else b))
+    ref = torch.relu(x @ w.t() + (0 if b is None else b.reshape(n) if row_bias_1d else b))
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref)
     inputs = [t for t in (x, w, b) if t is not None]

@@ -45,8 +45,8 @@
 // persistent grid of single blocks at n (for tests: many tiles a block, stream-K on small problems);
 // torch.ops.twolayer_ops_sm90.set_overlap_mask(1) has the 16-bit backward's first GEMM write the masked
 // gradient (and db's column sums) with its producer warpgroups' spare warps while it runs, instead of a
-// pass before it, where K >= 1024 and grad_out and the output are contiguous (0: the pass; -1: back to
-// TWOLAYER_OPS_SM90_OVERLAP_MASK, where 1 turns it on; the merged backward keeps the pass).
+// pass before it, where K >= 1024 and grad_out and the output are contiguous and 16-byte aligned (0: the
+// pass; -1: back to TWOLAYER_OPS_SM90_OVERLAP_MASK, where 1 turns it on; the merged backward keeps it).
 // All six off by default: written without a GPU, they wait for a GPU run to check and time them.
 #pragma once
 
