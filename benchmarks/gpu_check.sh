@@ -189,6 +189,10 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
     TWOLAYER_OPS_SM90_GRID=7 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_stream_k.json" ragged
   step kernels_graph 120 bash -c graph_kernels
+  # The portable GEMMs' switches that kernels_graph times (slices of 2 K-tiles, float32's small-output tiles),
+  # under memcheck: no GPU has run them yet.
+  step sanitize_portable_switches 40 env TWOLAYER_OPS_SPLITK_MIN_KTILES=2 TWOLAYER_OPS_SIMT_SMALL_TILES=1 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.sanitize_kernels native
   step hopper_evidence 100 env BUILD_LOG="$logs/build.log" bash benchmarks/hopper_evidence.sh "$logs/hopper"
   # The Triton TMA backward (correct on the H200, off until timed): against the kernels step's triton
   # fwdbwd rows, which ran the portable backward.
