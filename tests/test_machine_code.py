@@ -108,8 +108,9 @@ def test_hopper_tf32_gemms_run_tf32_wgmma(sm90a):
 
 def test_hopper_16bit_gemms_have_the_wide_store_epilogue(sm90a):
     """The float16 / bfloat16 Hopper GEMMs can store C in 16-byte stores (TWOLAYER_OPS_SM90_WIDE_STORES):
-    per consumer thread and tile, 16 of them after 16 quad transposes of 4 butterfly shuffles each (ptxas
-    also keeps a copy of that code for a warp that reaches the shuffles diverged). TF32 has no such path."""
+    per consumer thread and tile, 16 of them after 16 quad transposes of 4 butterfly shuffles each, 1 to 3
+    lanes apart (counted in multiples of 64: ptxas may keep a copy for a warp that reaches them diverged).
+    TF32 has no such path."""
     quad = re.compile(r", 0x[123], 0x1f")  # a butterfly within the quad (the overlapped mask's are 8 and 16 apart)
     for k in named(sm90a, "sm90_gemm_kernel<0,") + named(sm90a, "sm90_gemm_kernel<1,"):
         assert k.mnemonics["STG.E.128"] >= 16, (k.name, k.mnemonics["STG.E.128"])
