@@ -238,6 +238,21 @@ def table(title, rows, m, k, n):
 
 table(f"bf16 {M}x{K}->{N}", bf16_rows, M, K, N)
 table(f"tf32 {Mt}x{Kt}->{Nt}", rows_out, Mt, Kt, Nt)
+
+# Each variant against the default of the same run (p50 ratios; below 1 is faster), and whether its results
+# were right: what to set as the default in linear_relu_sm90.cu (one run of one shape: a hint, not a verdict).
+p50 = {(name, mode): t[0] for name, mode, t in bf16_rows + rows_out}
+print("\n| variant | bf16 fwd | bf16 fwd+bwd | bf16 bwd alone | TF32 fwd | results | hint |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for variant in (v for v in VARIANTS if v != "default"):
+    pairs = [(f"sm90 {variant}", "sm90", "fwd"), (f"sm90 {variant}", "sm90", "fwd+bwd"),
+             (f"sm90 bwd alone {variant}", "sm90 bwd alone", "bwd"), (f"sm90 TF32 {variant}", "sm90 TF32", "fwd")]
+    ratios = [p50[(a, m)] / p50[(b, m)] if (a, m) in p50 and (b, m) in p50 else None for a, b, m in pairs]
+    timed = [r for r in ratios if r is not None]
+    ok = variant not in wrong_variants
+    hint = "candidate default" if ok and timed and max(timed) < 0.995 else "keep off" if timed else "not timed"
+    cells = " | ".join("-" if r is None else f"{r:.3f}" for r in ratios)
+    print(f"| {variant} | {cells} | {'ok' if ok else 'WRONG'} | {hint} |")
 json.dump({"errors": errs, "rows": [[n, m, t] for n, m, t in bf16_rows + rows_out], "device": torch.cuda.get_device_name()},
           open(f"{out_dir}/timing.json", "w"), indent=1)
 if wrong_variants:
