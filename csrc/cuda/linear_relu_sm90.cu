@@ -625,18 +625,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
 
-// One warp writes chunk (rc, cc) of Gm: lane l the 8 columns 8 (l % 8) in rows l / 8 + 4i, in 16-byte loads
-// and stores. The producers' 40 registers hold one row's loads a lane, so the chunk's rows of g and out are
-// first prefetched into L2 (a 128-byte row segment a prefetch, lane l rows l and l + 32): the row loads
-// then wait for L2, not for memory. g, out and Gm share one layout (contiguous), so one offset walks all
-// three. With a partial, also the chunk's column sums over its rows, in a fixed order (rows ascending in a
-// lane, then lanes l % 8 + 8j by a shuffle tree): db does not depend on which warp took the chunk.
-template <int DT>
-__device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int lane) {
-  union V8 {
-    uint4 q;
-    uint16_t e[8];
-  };
+// Chunk (rc, cc)'s rows of g and out into L2: a 128-byte row segment a prefetch, lane l rows l and l + 32.
+__device__ __forceinline__ void prefetch_chunk(const MaskJob& j, int rc, int cc, int lane) {
   const uint32_t segment = 2u * uint32_t(min(kChunk, j.N - cc * kChunk));  // a row's bytes in the chunk
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -647,6 +637,20 @@ __device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int
       prefetch_l2(j.o + first, segment);
     }
   }
+}
+
+// One warp writes chunk (rc, cc) of Gm: lane l the 8 columns 8 (l % 8) in rows l / 8 + 4i, in 16-byte loads
+// and stores. The producers' 40 registers hold one row's loads a lane, so the chunk's rows of g and out have
+// been prefetched into L2 (prefetch_chunk) while the warp wrote its previous chunk: the row loads wait for
+// L2, not for memory. g, out and Gm share one layout (contiguous), so one offset walks all three. With a
+// partial, also the chunk's column sums over its rows, in a fixed order (rows ascending in a lane, then
+// lanes l % 8 + 8j by a shuffle tree): db does not depend on which warp took the chunk.
+template <int DT>
+__device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int lane) {
+  union V8 {
+    uint4 q;
+    uint16_t e[8];
+  };
   const int n = cc * kChunk + 8 * (lane % 8);
   const int m0 = rc * kChunk + lane / 8;
   const int rows = min(kChunk / 4, (j.M - m0 + 3) / 4);  // this lane's rows in the chunk (M - m0 may be <= 0)
@@ -684,7 +688,8 @@ __device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int
 }
 
 // A spare producer warp's loop: the next chunk of the writing order (overlap_mask.h, after the tile order
-// of the launch's first GEMM: BY_COLUMNS for dW, whose tile side is Gm's columns) until none is left. Each
+// of the launch's first GEMM: BY_COLUMNS for dW, whose tile side is Gm's columns) until none is left, one
+// chunk ahead: the chunk it will write next is taken, and its rows prefetched, before it writes this one. Each
 // chunk is published by its flag: every lane fences its stores for the async proxy (the TMA loads that
 // will read them); after the warp's barrier, lane 0 fences at GPU scope and sets the flag and counts the
 // chunk (a release pattern: the fence and the writes in one thread, the other lanes' stores ordered before
@@ -692,11 +697,19 @@ __device__ __forceinline__ void mask_chunk(const MaskJob& j, int rc, int cc, int
 template <int DT, bool BY_COLUMNS>
 __device__ __forceinline__ void mask_chunks(const MaskJob& j) {
   const int lane = threadIdx.x % 32;
-  for (;;) {
+  const auto take = [&] {  // the next chunk of the order, and its rows into L2
     int i = 0;
     if (lane == 0) i = atomicAdd(j.next, 1);
     i = __shfl_sync(0xffffffffu, i, 0);
-    if (i >= j.total) break;
+    if (i < j.total) {
+      int rc, cc;
+      chunk_coords(i, j.rows, j.cols, j.lines, BY_COLUMNS, rc, cc);
+      prefetch_chunk(j, rc, cc, lane);
+    }
+    return i;
+  };
+  for (int i = take(); i < j.total;) {
+    const int following = take();
     int rc, cc;
     chunk_coords(i, j.rows, j.cols, j.lines, BY_COLUMNS, rc, cc);
     mask_chunk<DT>(j, rc, cc, lane);
@@ -709,6 +722,7 @@ __device__ __forceinline__ void mask_chunks(const MaskJob& j) {
           "r"(1), "l"(j.done)
           : "memory");
     }
+    i = following;
   }
 }
 
