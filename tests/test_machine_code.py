@@ -68,6 +68,18 @@ def test_hopper_backward_gemms_carry_the_overlapped_masks_writers(sm90a):
             assert ours == (0, 0, 0, 0, 0), (k.name, ours)
 
 
+def test_overlapped_mask_writers_stay_within_the_producers_registers(sm90a):
+    """The writers run after setmaxnreg.dec to 40 (kProducerRegs): a register past R39 there would hold
+    garbage. Their loop (from the first chunk counter, prefetch or count instruction to the last) names
+    none, and holds no tensor-core code."""
+    for k in mask_writers(sm90a):
+        marks = [i for i, ins in enumerate(k.code) if ins.opcode in ("ATOMG", "UBLKPF", "REDG")]
+        loop = k.code[min(marks):max(marks) + 1]
+        assert len(loop) > 50 and not any(ins.opcode == "HGMMA" for ins in loop), (k.name, len(loop))
+        top = max(int(r) for ins in loop for r in re.findall(r"\bR(\d+)\b", ins.operands))
+        assert top < 40, f"{k.name}: the writers use R{top}"
+
+
 def test_hopper_gemm_clusters_share_b_by_multicast(sm90a):
     """The two-block cluster instantiations (last template argument 2) load B by TMA multicast; the
     others never do. Their consumers hand stages back to both blocks with CTA-scope arrivals: their one
