@@ -322,6 +322,47 @@ def test_compile_two_layer_net_fullgraph_dynamic():
     assert counter.frame_count == 1
 
 
+# ---- the autotuner's configs for an output's size (CPU) ---------------------------------------
+
+def tiles_tried(monkeypatch, kernel, extents, dtype=torch.float32, sm_count=132):
+    """(rows, cols) of the tiles the autotuner of `kernel` tries on an H100-like GPU for `extents`,
+    its integer arguments ({"M": .., "N": .., "K": ..}), through the pruner it calls."""
+    monkeypatch.setattr(tk, "device_properties", lambda index: (tk.H100_SHARED_MEMORY, sm_count))
+    rows, cols = kernel.tile_layout[:2]
+    named = {"t": torch.empty(0, dtype=dtype), **extents}
+    return {(c.kwargs[rows], c.kwargs[cols]) for c in kernel.early_config_prune(kernel.configs, named, INPUT_PRECISION="ieee")}
+
+
+@pytest.mark.parametrize("kernel,extents", [
+    (tk.linear_relu_fwd_kernel, {"M": 64, "N": 100, "K": 1000}),   # the seed's first layer: output 64x100
+    (tk.linear_relu_fwd_kernel, {"M": 64, "N": 10, "K": 100}),     # its second: 64x10
+    (tk.linear_relu_dx_kernel, {"M": 64, "N": 100, "K": 1000}),    # dX 64x1000
+    (tk.linear_relu_dw_db_kernel, {"M": 64, "N": 100, "K": 1000}),  # dW 100x1000
+], ids=["fwd-64x100", "fwd-64x10", "dx-64x1000", "dw-100x1000"])
+def test_small_outputs_try_only_small_tiles(monkeypatch, kernel, extents):
+    """An output of fewer 64x64 tiles than SMs: the autotuner tries tiles of at most 64x64, the
+    16x16 ones among them, so that many SMs share a long reduction (one 128x128 program walked all
+    of K=1000 of the seed's forward on one SM)."""
+    tried = tiles_tried(monkeypatch, kernel, extents)
+    assert (16, 16) in tried and (32, 32) in tried
+    assert all(r * c <= 64 * 64 for r, c in tried), tried
+
+
+def test_large_outputs_never_try_the_small_tiles(monkeypatch):
+    tried = tiles_tried(monkeypatch, tk.linear_relu_fwd_kernel, {"M": 8192, "N": 4096, "K": 4096})
+    assert (128, 128) in tried and all(r * c >= 32 * 64 for r, c in tried), tried
+    # the bound is the SM count: 11 x 12 tiles of 64x64 fill 132 SMs, one tile fewer does not
+    assert (16, 16) not in tiles_tried(monkeypatch, tk.linear_relu_fwd_kernel, {"M": 704, "N": 768, "K": 64})
+    assert (16, 16) in tiles_tried(monkeypatch, tk.linear_relu_fwd_kernel, {"M": 704, "N": 704, "K": 64})
+
+
+def test_without_extents_the_pruner_keeps_every_size():
+    """The shape-free list (the sm_90 compile checks below, the GPU's every-config test) holds the
+    small tiles and the large ones."""
+    tiles = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in tk.kept_configs(tk.linear_relu_fwd_kernel, torch.bfloat16, "ieee")}
+    assert {(16, 16), (128, 256)} <= tiles
+
+
 # ---- compiled for sm_90 without a GPU (CPU) --------------------------------------------------------
 
 M_ = N_ = K_ = 4096  # an LLM-size call on contiguous tensors: what the JIT specializes on

@@ -78,9 +78,10 @@ if INTERPRETER_RUNS:
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# (tile rows, tile cols, reduction step, num_warps, num_stages). All steps are >= 16: the GPU's
-# fp16/bf16 dots need K >= 16. Large tiles feed the 8192x4096 bf16 layers, the last one the
-# 64-row seed layer; the pruner drops the ones too big for a dtype (see keeps).
+# (tile rows, tile cols, reduction step, num_warps, num_stages). Every extent is >= 16: the GPU's
+# dots need 16 rows, columns and steps. Large tiles feed the 8192x4096 bf16 layers; the pruner drops
+# the ones too big for a dtype (see keeps) and the ones too big or too small for the output (see
+# fits_output).
 TILES = [
     (128, 256, 64, 8, 3),
     (128, 128, 32, 8, 4),  # 8 warps: the large SIMT float32 tile that fits in registers
@@ -89,7 +90,15 @@ TILES = [
     (128, 64, 32, 4, 4),
     (64, 64, 32, 4, 4),
     (32, 64, 32, 2, 5),
+    # Outputs of fewer 64x64 tiles than the GPU has SMs (the seed's 64x100 and 64x10): many small
+    # programs over a long reduction, where one 128x128 program walked all of K on one SM (the
+    # 64x1000->100 forward took 83 us on an H200, 4x torch.mm).
+    (32, 32, 64, 2, 4),
+    (16, 32, 64, 1, 4),
+    (16, 16, 32, 1, 4),
 ]
+SMALL_OUTPUT_TILE = 64 * 64  # an output of fewer such tiles than SMs takes tiles of at most this area
+LARGE_OUTPUT_MIN_TILE = 32 * 64  # other outputs, tiles of at least this area
 GROUP_SIZE = 8
 # A SIMT dot (IEEE float32, float64) whose accumulator takes more registers per thread than this
 # spills in its k-loop. Compiled for sm_90 (tests/test_triton_kernels.py), float32 128x128 tiles on
@@ -112,8 +121,10 @@ def gemm_configs(rows, cols, step):
 
 
 @functools.cache
-def max_shared_memory(device_index):
-    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+def device_properties(device_index):
+    """(shared memory per block, SM count) of a CUDA device."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return props["max_shared_mem"], props["multiprocessor_count"]
 
 
 def shared_memory_bytes(config, rows, cols, step, a_loads, element_size):
@@ -139,9 +150,23 @@ def keeps(config, layout, dtype, precision, shared_limit):
     return not (simt or tf32_backward) or registers <= SIMT_ACCUMULATOR_REGISTERS
 
 
-def kept(configs, layout, dtype, precision, shared_limit):
-    """The configs that keeps() admits; never none (the smallest tiles where it admits nothing)."""
+def fits_output(config, layout, rows, cols, sm_count):
+    """Whether `config`'s tile suits a rows x cols output: one of fewer 64x64 tiles than SMs takes tiles
+    of at most 64x64 (a larger tile puts the same work on fewer SMs), any other tiles of at least
+    32x64 (a smaller one rereads its operands more often and no SM idles for want of tiles)."""
+    kw = config.kwargs
+    area = kw[layout[0]] * kw[layout[1]]
+    if math.ceil(rows / 64) * math.ceil(cols / 64) < sm_count:
+        return area <= SMALL_OUTPUT_TILE
+    return area >= LARGE_OUTPUT_MIN_TILE
+
+
+def kept(configs, layout, dtype, precision, shared_limit, output=None):
+    """The configs that keeps() admits, and of those, where `output` is (rows, cols, SM count), the
+    ones that fit_output; never none (the smallest tiles where keeps() admits nothing)."""
     admitted = [c for c in configs if keeps(c, layout, dtype, precision, shared_limit)]
+    if output is not None:
+        admitted = [c for c in admitted if fits_output(c, layout, *output)] or admitted
     return admitted or [min(configs, key=lambda c: shared_memory_bytes(c, *layout, dtype.itemsize))]
 
 
@@ -155,9 +180,13 @@ def autotune(rows, cols, step, a_loads, key):
     autotuner adds every tensor argument's dtype to `key`: each dtype tunes apart."""
     layout = (rows, cols, step, a_loads)
 
+    extents = (rows.removeprefix("BLOCK_"), cols.removeprefix("BLOCK_"))  # the output's: "M", "N"...
+
     def prune(configs, named_args, **kwargs):
         t = next(a for a in named_args.values() if isinstance(a, torch.Tensor))
-        return kept(configs, layout, t.dtype, kwargs["INPUT_PRECISION"], max_shared_memory(t.device.index))
+        shared_limit, sm_count = device_properties(t.device.index)
+        output = (named_args[extents[0]], named_args[extents[1]], sm_count) if extents[0] in named_args else None
+        return kept(configs, layout, t.dtype, kwargs["INPUT_PRECISION"], shared_limit, output)
 
     def wrap(fn):
         tuner = triton.autotune(configs=gemm_configs(rows, cols, step), key=key,
