@@ -58,6 +58,8 @@ def explain_bad_args(x, weight, bias, *, other_forms):
     named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     for name, t in named:
         check_tensor("linear_relu", name, t)
+        if t.layout is not torch.strided or t.is_nested:  # (linear_relu sends a sparse or nested x elsewhere)
+            raise TypeError(f"linear_relu: {name} must be a dense tensor, got a {layout_name(t)} one")
     if x.dim() < 1:
         raise ValueError("linear_relu: x must have at least 1 dimension (..., in_features), got a 0-d tensor")
     if weight.dim() not in ((1, 2) if other_forms else (2,)):
@@ -94,3 +96,10 @@ def feature_bias(x, weight, bias):
     if bias.dim() > out_dim or last not in (1, features) or any(d != 1 for d in bias.shape[:-1]):
         return None
     return bias.reshape(last).expand(features)
+
+
+def layout_name(t):
+    """"sparse_coo", "sparse_csr", ..., "strided-layout nested", "jagged nested" or "strided"."""
+    if t.is_nested:
+        return f"{str(t.layout).removeprefix('torch.')}{'-layout' if t.layout is torch.strided else ''} nested"
+    return str(t.layout).removeprefix("torch.")

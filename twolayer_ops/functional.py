@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
 
-from .backends import BACKENDS, resolve_backend
-from .checks import args_ok, check_linear_relu_args, check_tensor, explain_bad_args, feature_bias
+from .backends import BACKEND_NAMES, BACKENDS, resolve_backend
+from .checks import args_ok, check_linear_relu_args, check_tensor, explain_bad_args, feature_bias, layout_name
+
+_STRIDED = torch.strided  # one lookup fewer on every call
 
 
 def linear_relu(x, weight, bias=None, *, backend="auto"):
@@ -17,6 +19,8 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
     if _transformed():
         if args_ok(x, weight, bias):
             return _TransformableLinearReLU.apply(x, weight, bias, backend)
+    elif isinstance(x, torch.Tensor) and x.layout is not _STRIDED:
+        return _linear_relu_sparse_or_nested(x, weight, bias, backend)
     else:
         # Every backend's op checks its arguments (native in C++, triton and torch in checks.py), so
         # the common call pays for no check here; only a failure looks closer. The other forms are
@@ -26,9 +30,40 @@ def linear_relu(x, weight, bias=None, *, backend="auto"):
             if weight.dim() == 2 and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0])):
                 return resolve_backend(backend, x, autocast=True).linear_relu(x, weight, bias)
         except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
+            # Rare layouts are found by their failure: a sparse weight or bias, a strided nested x.
+            if any(_sparse_or_nested(t) for t in (x, weight, bias)):
+                return _linear_relu_sparse_or_nested(x, weight, bias, backend)
             if args_ok(x, weight, bias):
                 raise  # valid arguments: a failure that is not theirs to explain
     return _linear_relu_other_forms(x, weight, bias, backend)
+
+
+def _sparse_or_nested(t):
+    return isinstance(t, torch.Tensor) and (t.layout is not _STRIDED or t.is_nested)
+
+
+def _linear_relu_sparse_or_nested(x, weight, bias, backend):
+    """Sparse or nested operands, as F.linear takes them. A contiguous jagged nested x (batch, ragged,
+    ..., K) is its packed values (total, ..., K): the backend's kernels run on those. No kernel takes
+    the others, so backend "auto" (or "torch") runs relu(F.linear(...)) itself, as torch would."""
+    if x.layout is torch.jagged and x.is_contiguous() and not any(_sparse_or_nested(t) for t in (weight, bias)):
+        out = linear_relu(x.values(), weight, bias, backend=backend)
+        return torch.nested.nested_tensor_from_jagged(out, x.offsets())
+    operands = {"x": x, "weight": weight, "bias": bias}
+    return _composite("linear_relu", operands, backend, lambda: torch.relu(F.linear(x, weight, bias)))
+
+
+def _composite(op, operands, backend, run):
+    """run() (torch's own ops) for operands {name: tensor} that no kernel takes, where the backend
+    allows it; else the error that names the first such operand."""
+    if backend in ("auto", "torch"):
+        return run()
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    name, t = next((name, t) for name, t in operands.items() if _sparse_or_nested(t))
+    kind = ("non-contiguous " if t.layout is torch.jagged else "") + layout_name(t)
+    raise TypeError(f"{op}: backend {backend!r} has no kernel for a {kind} {name} (its kernels take dense tensors and a "
+                    "contiguous jagged nested x); backend='auto' or 'torch' runs torch's own ops on it")
 
 
 def _linear_relu_other_forms(x, weight, bias, backend):
@@ -49,6 +84,10 @@ def relu(x, *, backend="auto"):
     check_tensor("relu", "x", x)
     if _transformed():
         return _TransformableReLU.apply(x, backend)
+    if x.layout is not _STRIDED or x.is_nested:  # as in linear_relu: kernels on a jagged x's values
+        if x.layout is torch.jagged and x.is_contiguous():
+            return torch.nested.nested_tensor_from_jagged(relu(x.values(), backend=backend), x.offsets())
+        return _composite("relu", {"x": x}, backend, lambda: torch.relu(x))
     return resolve_backend(backend, x).relu(x)
 
 
