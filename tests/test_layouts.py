@@ -6,6 +6,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import twolayer_ops
@@ -55,6 +57,25 @@ def test_jagged_x_runs_the_kernels_on_its_values(device, backend, inner):
     want = torch.autograd.grad(ref.values(), (values, w, b), grad)
     for name, g, r in zip(("grad x", "grad weight", "grad bias"), got, want):
         assert_close_to_ref(g, r, what=name)
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+@settings(max_examples=25)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5), k=st.integers(1, 40), n=st.integers(1, 40))
+def test_jagged_x_of_any_lengths(backend, lengths, k, n):
+    """Batches of 1 to 5 sequences of 0 to 9 rows (empty ones too) across the CPU kernels' edges."""
+    if backend not in twolayer_ops.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run on the CPU here")
+    offsets = torch.tensor([0, *lengths]).cumsum(0)
+    values, w, b = leaves((int(offsets[-1]), k), (n, k), (n,), device="cpu", seed=len(lengths))
+    x = torch.nested.nested_tensor_from_jagged(values, offsets)
+    out, ref = linear_relu(x, w, b, backend=backend), torch.relu(F.linear(x, w, b))
+    assert_close_to_ref(out.values(), ref.values())
+    if values.numel():
+        grad = torch.randn_like(ref.values())
+        for g, r in zip(torch.autograd.grad(out.values(), (values, w, b), grad),
+                        torch.autograd.grad(ref.values(), (values, w, b), grad)):
+            assert_close_to_ref(g, r)
 
 
 @pytest.mark.parametrize("device,backend", kernel_cases())
