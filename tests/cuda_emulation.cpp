@@ -4,7 +4,8 @@
 //     its cooperative launch runs them; shared memory and the global scratch start as NaN, so a read
 //     of anything not written first shows in the results.
 //   emulated_gemm: the GEMM of the native backend (csrc/cuda/linear_relu_gemm.h: forward, dX, dW + db;
-//     SIMT and WMMA), one block after another (its blocks never wait for each other).
+//     SIMT and WMMA), one block after another (its blocks never wait for each other); emulated_prefetched:
+//     the lines its last call prefetched into L2.
 //   emulated_quad_transpose: the sm90 epilogue's exchange of words in each quad of a warp
 //     (csrc/cuda/quad_transpose.h).
 //   emulated_stream_k: the sm90 GEMM's stream-K schedule (csrc/cuda/stream_k.h), plain host code.
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -227,6 +229,14 @@ using std::fma;  // the float overload, as CUDA's fma(float, float, float)
 }  // namespace cuda_gemm
 }  // namespace twolayer_ops
 
+// The GEMMs' L2 prefetch hint: the lines asked for, recorded (emulated_prefetched returns them).
+inline std::mutex prefetched_mutex;
+inline std::vector<uintptr_t> prefetched;
+inline void prefetch_l2(const void* p) {
+  const std::lock_guard<std::mutex> lock(prefetched_mutex);
+  prefetched.push_back(reinterpret_cast<uintptr_t>(p));
+}
+
 #include "../csrc/cuda/linear_relu_gemm.h"
 #include "../csrc/cuda/quad_transpose.h"
 #include "../csrc/cuda/overlap_mask.h"
@@ -423,11 +433,14 @@ unsigned char* gemm_smem() {
   return smem;
 }
 
-// plan_workspace of linear_relu.cu: g's split over K and its workspace (empty: no split). sms stands
-// for the SM count that plans the split (0: none), min_ktiles for TWOLAYER_OPS_SPLITK_MIN_KTILES.
+constexpr int64_t kL2Bytes = int64_t(50) << 20;  // an H100's or H200's L2, for plan_prefetch
+
+// plan_workspace of linear_relu.cu: g's split over K, its prefetch and its workspace (empty: no split).
+// sms stands for the SM count that plans them (0: neither), min_ktiles for TWOLAYER_OPS_SPLITK_MIN_KTILES.
 template <typename T, int MODE, int TILES>
 std::vector<typename cuda_gemm::Elem<T>::acc> plan_workspace(cuda_gemm::GemmArgs& g, int64_t sms, int64_t min_ktiles) {
   const int64_t work = sms > 0 ? cuda_gemm::plan_split_k<T, MODE, TILES>(g, sms, min_ktiles) : 0;
+  if (sms > 0) cuda_gemm::plan_prefetch<T, MODE, TILES>(g, sms, kL2Bytes);
   std::vector<typename cuda_gemm::Elem<T>::acc> workspace(size_t(work), NAN);  // unwritten slots read as NaN
   g.work = workspace.data();
   return workspace;
@@ -541,6 +554,7 @@ extern "C" int64_t emulated_gemm(int dtype, int mode, const void* a, int64_t as0
                                  int64_t bias_s, void* c, void* db, int64_t M, int64_t K, int64_t N,
                                  int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t tiles) {
   const cuda_gemm::Mat ma{a, as0, as1}, mo{o, os0, os1}, mb{b, bs0, bs1};
+  prefetched.clear();
   auto run = [&](auto zero) {
     return gemm_mode<decltype(zero)>(mode, ma, mo, mb, bias, bias_s, c, db, M, K, N, max_blocks, sms, min_ktiles,
                                      int(tiles));
@@ -558,12 +572,20 @@ extern "C" int64_t emulated_grads(int dtype, const void* g, int64_t gs0, int64_t
                                   int64_t max_blocks, int64_t sms, int64_t min_ktiles, int64_t tiles) {
   using namespace cuda_gemm;
   const Mat mg{g, gs0, gs1}, mo{o, os0, os1}, mw{w, ws0, ws1}, mx{x, xs0, xs1};
+  prefetched.clear();
   auto run = [&](auto zero) {
     using T = decltype(zero);
     return grads<T>(grad_x_args<T>(mg, mo, mw, dx, M, N, K), grad_w_args<T>(mg, mo, mx, dw, db, M, N, K), max_blocks,
                     sms, min_ktiles, int(tiles));
   };
   return for_dtype(dtype, run);
+}
+
+// The lines the last emulated_gemm or emulated_grads call prefetched into L2 (plan_prefetch, with sms
+// > 0 and an H100's L2), at most cap of them into out, in the order asked; returns how many it asked for.
+extern "C" int64_t emulated_prefetched(uint64_t* out, int64_t cap) {
+  for (int64_t i = 0; i < cap && i < int64_t(prefetched.size()); ++i) out[i] = prefetched[size_t(i)];
+  return int64_t(prefetched.size());
 }
 
 // quad_transpose (the sm90 epilogue's exchange) on one warp: lane l's words are words[4l .. 4l + 3],

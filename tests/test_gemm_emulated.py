@@ -235,3 +235,61 @@ def test_backward_pairs_dx_and_dw_in_one_launch(emulation, dtype, tiles):
         if ka == kc:  # capping the blocks changes no bit (slices are summed in order)
             for ta, tc in zip(a, c):
                 assert torch.equal(ta, tc)
+
+
+def prefetched_lines(lib):
+    """The lines the last emulated call prefetched into L2, in the order asked."""
+    lib.emulated_prefetched.restype = ctypes.c_int64
+    count = lib.emulated_prefetched(None, ctypes.c_int64(0))
+    lines = (ctypes.c_uint64 * count)()
+    lib.emulated_prefetched(lines, ctypes.c_int64(count))
+    return list(lines)
+
+
+def lines_of(*tensors):
+    """The 128-byte lines that hold an element of any of the (strided) tensors."""
+    lines = set()
+    for t in tensors:
+        offsets = torch.zeros((), dtype=torch.int64)
+        for size, stride in zip(t.shape, t.stride()):
+            offsets = offsets.unsqueeze(-1) + torch.arange(size) * stride
+        lines |= set(((t.data_ptr() + offsets.flatten() * t.element_size()) // 128 * 128).tolist())
+    return lines
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
+def test_seed_sizes_prefetch_exactly_their_operands(emulation, dtype):
+    """A grid of one wave or less whose panels fit in L2 (the seed's 64x1000->100 on an H100's 132 SMs:
+    the forward split into slices, the backward's dX beside dW in one grid) prefetches every line of its
+    operands, the mask's too, and no other line; dW prefetches nothing (its kernel has no register to
+    spare). The forward's slices ask for a line at most twice (where they meet); dX's tiles each ask
+    for the panel they share (from L2, a hit)."""
+    m, k, n = 64, 1000, 100
+    g = torch.Generator().manual_seed(0)
+    x, w, go = (torch.randn(*s, generator=g, dtype=torch.float64).to(dtype) for s in ((m, k), (n, k), (m, n)))
+    emulated = EmulatedNative(emulation, sms=132)
+    out = emulated.linear_relu(x, w, None)
+    asked = prefetched_lines(emulation)
+    assert set(asked) == lines_of(x, w) and len(asked) <= 2 * len(set(asked))
+    emulated.linear_relu_backward(go, out, x, w, [True, True, True])
+    asked = prefetched_lines(emulation)
+    assert set(asked) == lines_of(go, out, w)
+
+
+def test_prefetch_takes_transposed_operands_and_skips_strided_ones(emulation):
+    """A transposed operand's runs go along its other axis; one with no unit stride is not prefetched."""
+    m, k, n = 64, 300, 40
+    g = torch.Generator().manual_seed(1)
+    xt = torch.randn(k, m, generator=g, dtype=torch.float64).float().t()  # (m, k), unit stride along m
+    w = torch.randn(n, 2 * k, generator=g, dtype=torch.float64).float()[:, ::2]  # no unit stride
+    EmulatedNative(emulation, sms=132).linear_relu(xt, w, None)
+    assert set(prefetched_lines(emulation)) == lines_of(xt)
+
+
+def test_no_prefetch_past_one_wave(emulation):
+    """More output tiles than SMs: the blocks that share an SM hide each other's latency."""
+    x, w = torch.randn(300, 40, dtype=torch.float64).float(), torch.randn(300, 40, dtype=torch.float64).float()
+    EmulatedNative(emulation, sms=8).linear_relu(x, w, None)  # 3 x 3 tiles of 128x128
+    assert prefetched_lines(emulation) == []
+    EmulatedNative(emulation, sms=9).linear_relu(x, w, None)
+    assert set(prefetched_lines(emulation)) == lines_of(x, w)

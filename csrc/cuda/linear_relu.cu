@@ -38,6 +38,10 @@
 #include <type_traits>
 
 #include "../linear_relu.h"
+
+// linear_relu_gemm.h's hint (tests/cuda_emulation.cpp has its own): the 128-byte line at p into L2.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+
 #include "linear_relu_gemm.h"  // operands, tile loader, SIMT policy, kernel body: the portable core
 #include "sm90.h"              // the Hopper path (linear_relu_sm90.cu), tried first; see sm90.h
 
@@ -134,6 +138,12 @@ int sm_count(const at::Tensor& like) {
   return sms;
 }
 
+int l2_bytes(const at::Tensor& like) {
+  int bytes = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, like.get_device()));
+  return bytes;
+}
+
 // K-tiles a split-K slice spans at least (plan_split_k): TWOLAYER_OPS_SPLITK_MIN_KTILES, 2 or more,
 // else kMinKTiles. A knob for the GPU runs to time deeper splits at the seed's sizes.
 int64_t split_min_ktiles() {
@@ -162,10 +172,13 @@ int simt_tiles(const GemmArgs& g, const at::Tensor& like) {
   return wide_on ? kWideThreadTiles : kDefaultTiles;
 }
 
-// Plans g's split over K (plan_split_k) and gives it its workspace: undefined where K is not split.
+// Plans g's split over K (plan_split_k) and its L2 prefetch (plan_prefetch), and gives it its
+// workspace: undefined where K is not split.
 template <typename T, int MODE, int TILES>
 at::Tensor plan_workspace(GemmArgs& g, const at::Tensor& like) {
-  const int64_t work = plan_split_k<T, MODE, TILES>(g, sm_count(like), split_min_ktiles());
+  const int sms = sm_count(like);
+  const int64_t work = plan_split_k<T, MODE, TILES>(g, sms, split_min_ktiles());
+  plan_prefetch<T, MODE, TILES>(g, sms, l2_bytes(like));
   if (work <= 0) return {};
   at::Tensor workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
   g.work = workspace.data_ptr();

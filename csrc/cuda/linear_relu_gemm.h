@@ -3,7 +3,7 @@
 // and the host's setup of the three products' operands (forward_args, grad_x_args, grad_w_args).
 // Plain C++ over what the includer declares first: __device__ / __host__ / __forceinline__ /
 // __shared__ / __align__, threadIdx, blockIdx, gridDim, __syncthreads, __syncwarp, float4, double2,
-// uint4, fma and nvcuda::wmma's fragments. linear_relu.cu gives CUDA's and the 16-bit element types
+// uint4, fma, prefetch_l2 (a hint: the 128-byte line at an address into L2) and nvcuda::wmma's fragments. linear_relu.cu gives CUDA's and the 16-bit element types
 // (Elem and PolicyFor specializations); tests/cuda_emulation.cpp gives host threads and a WMMA of its
 // own, so that CI runs this code on a CPU (tests/test_gemm_emulated.py).
 #pragma once
@@ -76,6 +76,7 @@ struct GemmArgs {
   int splits = 1;
   int64_t kper = 0, work_ld = 0, work_slice = 0;
   void* work = nullptr;
+  int prefetch = 0;  // each work item first prefetches its operand panels into L2 (plan_prefetch)
 };
 
 // Loads D0 x D1 tiles of an operand, one K-tile after another, into registers (VEC-element chunks,
@@ -467,6 +468,27 @@ using Policy = std::conditional_t<TILES == kSmallTiles, SimtPolicy<T, 4, 16>,
                                   std::conditional_t<TILES == kWideThreadTiles, SimtPolicy<T, 8, 8, 16, 8>,
                                                      typename PolicyFor<T>::type>>;
 
+// Prefetches into L2 the lines of the region [r0, r1) x [c0, c1) of an operand whose element (i0, i1)
+// is p[i0 * s0 + i1 * s1], by runs along its unit-stride axis (an operand with none goes without): a
+// thread a run, each line that holds an element of it, so no address outside the operand is touched.
+// (No division, no state kept: the SIMT kernels' k-loops have no register to spare.)
+template <typename raw>
+__device__ __forceinline__ void prefetch_region(const void* p, int64_t s0, int64_t s1, int64_t r0, int64_t r1,
+                                                int64_t c0, int64_t c1, int tid, int nt) {
+  if (s1 != 1) {  // runs along axis 0: one a column of the region
+    if (s0 != 1) return;
+    const int64_t t0 = r0, t1 = r1;
+    r0 = c0, r1 = c1, c0 = t0, c1 = t1, s0 = s1;
+  }
+  if (c0 >= c1) return;
+  for (int64_t r = r0 + tid; r < r1; r += nt) {
+    const raw* const run = static_cast<const raw*>(p) + r * s0;
+    const uintptr_t last = reinterpret_cast<uintptr_t>(run + c1 - 1);
+    for (uintptr_t line = reinterpret_cast<uintptr_t>(run + c0) & ~uintptr_t(127); line <= last; line += 128)
+      prefetch_l2(reinterpret_cast<const void*>(line));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The GEMM kernel's body, block `block` of `blocks` (the kernel passes blockIdx.x and gridDim.x; a
 // kernel that runs two products passes each its part of the grid). Each block walks work items
@@ -506,6 +528,14 @@ __device__ __forceinline__ void gemm_body(const GemmArgs& g, unsigned char* smem
     typename P::Acc acc;
     if (do_mma) P::zero(acc);
 
+    if constexpr (!ROWSUM) {  // (float32 dW is at its register limit: with this code its k-loop spilled)
+      if (g.prefetch && kt0 < kt1) {  // the whole K range of A (and its mask) and B, before its first K-tile
+        const int64_t k0 = kt0 * BK, k1 = kt1 * BK < g.K ? kt1 * BK : g.K, m1 = m0 + BM < g.M ? m0 + BM : g.M;
+        prefetch_region<raw>(g.a.p, g.a.s0, g.a.s1, m0, m1, k0, k1, tid, NT);
+        if constexpr (MASK) prefetch_region<raw>(g.a.mp, g.a.ms0, g.a.ms1, m0, m1, k0, k1, tid, NT);
+        prefetch_region<raw>(g.b.p, g.b.s0, g.b.s1, k0, k1, n0, n0 + BN < g.N ? n0 + BN : g.N, tid, NT);
+      }
+    }
     if (kt0 < kt1) {
       const bool kfull = (kt0 + 1) * BK <= g.K;
       la.begin(g.a, m0, g.M, kt0 * BK, tid);
@@ -715,6 +745,24 @@ int64_t plan_split_k(GemmArgs& g, int64_t sms, int64_t min_ktiles = kMinKTiles) 
   g.work_ld = ceil_div(g.N, P::BN) * P::BN;
   g.work_slice = ceil_div(g.M, P::BM) * P::BM * g.work_ld;
   return g.splits * g.work_slice;
+}
+
+// Whether g's work items first prefetch their operand panels into L2: where the grid is one wave or
+// less and the panels of all its items fit in a quarter of L2 (the seed's sizes, never the large
+// GEMMs). A lone block per SM fetches each K-tile one K-tile ahead of its math, so from DRAM it waits
+// out a memory latency every K-tile: on the 11-28 H200 run a block took 1.22 us a K-tile at the seed's
+// 64x1000->100, where its 128x128x8 multiply-adds take about 0.6 us. From L2 a load returns within that.
+// Not dW (MODE 2): gemm_body leaves it out there.
+template <typename T, int MODE, int TILES = kDefaultTiles>
+void plan_prefetch(GemmArgs& g, int64_t sms, int64_t l2_bytes) {
+  using P = Policy<T, TILES>;
+  g.prefetch = 0;
+  if (MODE == 2) return;
+  const int64_t items = gemm_tiles<T, TILES>(g);
+  const int64_t depth = std::min(g.K, (g.splits > 1 ? g.kper : ceil_div(g.K, P::BK)) * P::BK);
+  const int64_t rows = std::min<int64_t>(g.M, P::BM) * (MODE == 0 ? 1 : 2) + std::min<int64_t>(g.N, P::BN);  // A (+ mask), B
+  const int64_t panel = rows * depth * int64_t(sizeof(typename Elem<T>::raw));
+  g.prefetch = items > 0 && items <= sms && panel * items <= l2_bytes / 4;
 }
 
 // Whether float32 products of these output tiles take the small tiles (where TWOLAYER_OPS_SIMT_SMALL_TILES
