@@ -3,8 +3,8 @@
 // and the host's setup of the three products' operands (forward_args, grad_x_args, grad_w_args).
 // Plain C++ over what the includer declares first: __device__ / __host__ / __forceinline__ /
 // __shared__ / __align__, threadIdx, blockIdx, gridDim, __syncthreads, __syncwarp, float4, double2,
-// uint4, fma, prefetch_l2 (a hint: the 128-byte line at an address into L2) and nvcuda::wmma's fragments. linear_relu.cu gives CUDA's and the 16-bit element types
-// (Elem and PolicyFor specializations); tests/cuda_emulation.cpp gives host threads and a WMMA of its
+// uint4, fma, prefetch_l2 (a hint: the 128-byte line at an address into L2) and nvcuda::wmma's
+// fragments. linear_relu.cu gives CUDA's and the 16-bit element types (Elem and PolicyFor specializations); tests/cuda_emulation.cpp gives host threads and a WMMA of its
 // own, so that CI runs this code on a CPU (tests/test_gemm_emulated.py).
 #pragma once
 
