@@ -174,6 +174,16 @@ def test_vector_shared_accesses_at_constant_offsets_are_aligned(sm90a):
     assert not bad, bad[:8]
 
 
+def test_portable_forward_and_dx_prefetch_small_grids_into_l2(sm90a):
+    """plan_prefetch's hint (prefetch.L2: CCTL in the SASS) is in every portable GEMM that runs a forward
+    or dX (MODE 0, 1; grads_kernel runs dX) and in no dW kernel (MODE 2), whose float32 k-loop it made spill."""
+    portable = [k for k in sm90a if re.match(r"(gemm|grads)_kernel<", k.name)]
+    with_dx = [k for k in portable if re.match(r"gemm_kernel<\w+, [01],|grads_kernel<", k.name)]
+    assert with_dx and all(k.ops["CCTL"] > 0 for k in with_dx), {k.name: k.ops["CCTL"] for k in with_dx}
+    dw = [k for k in portable if k not in with_dx]
+    assert dw and all(k.ops["CCTL"] == 0 for k in dw), {k.name: k.ops["CCTL"] for k in dw}
+
+
 def test_no_local_memory_in_the_hopper_simt_and_fused_step_kernels(sm90a):
     """No spills: nothing in local memory, no LDL/STL (the ptxas report's '0 bytes spill' from the binary).
     The SIMT GEMMs fit since their tile loader keeps one offset per chunk instead of recomputing addresses."""
