@@ -120,18 +120,19 @@ variant_kernels() {  # a variant that fails (a trap, a wrong result) does not ke
 }
 graph_kernels() {  # the seed's layers, every provider replayed from CUDA graphs (the GPU's time without the
   # host's); then native alone under the switches that are off until timed (slices of 2 K-tiles, float32's
-  # small-output tiles), with graphs and without (a split's reduce launch costs host time)
+  # small-output tiles) and without the L2 prefetch (on by default, untimed), with graphs and without (a
+  # split's reduce launch costs host time)
   local status=0 spec graph
   echo "== variant defaults (CUDA graphs)"
   "$PY" -m benchmarks.linear_relu --device cuda --cases "$SEED_CASES" --cuda-graph --modes fwd,fwdbwd \
     --providers native,triton,mm,addmm_act,compile --csv "$logs/kernels_graph.csv" || status=1
-  for spec in "2 0 splitk2" "8 1 small_tiles" "2 1 small_tiles_splitk2"; do
+  for spec in "8 0 0 no_l2_prefetch" "2 0 1 splitk2" "8 1 1 small_tiles" "2 1 1 small_tiles_splitk2"; do
     set -- $spec
     for graph in --cuda-graph ""; do
-      echo "== variant $3${graph:+ (CUDA graphs)}: TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2"
-      TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2 "$PY" -m benchmarks.linear_relu --device cuda \
-        --cases "$SEED_CASES" $graph --modes fwd,fwdbwd --providers native,mm --csv "$logs/kernels_$3${graph:+_graph}.csv" \
-        || status=1
+      echo "== variant $4${graph:+ (CUDA graphs)}: TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2 TWOLAYER_OPS_L2_PREFETCH=$3"
+      TWOLAYER_OPS_SPLITK_MIN_KTILES=$1 TWOLAYER_OPS_SIMT_SMALL_TILES=$2 TWOLAYER_OPS_L2_PREFETCH=$3 "$PY" -m benchmarks.linear_relu \
+        --device cuda --cases "$SEED_CASES" $graph --modes fwd,fwdbwd --providers native,mm \
+        --csv "$logs/kernels_$4${graph:+_graph}.csv" || status=1
     done
   done
   return $status
@@ -188,7 +189,7 @@ more_steps() {  # everything of `all` after the tests, so that a `more` call goe
   step sanitize_sm90_stream_k 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 TWOLAYER_OPS_SM90=1 TWOLAYER_OPS_SM90_STREAM_K=1 \
     TWOLAYER_OPS_SM90_GRID=7 \
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m tests.test_hopper "$logs/sanitize_sm90_stream_k.json" ragged
-  step kernels_graph 120 bash -c graph_kernels
+  step kernels_graph 150 bash -c graph_kernels
   # The portable GEMMs' switches that kernels_graph times (slices of 2 K-tiles, float32's small-output tiles),
   # under memcheck: no GPU has run them yet.
   step sanitize_portable_switches 40 env TWOLAYER_OPS_SPLITK_MIN_KTILES=2 TWOLAYER_OPS_SIMT_SMALL_TILES=1 \

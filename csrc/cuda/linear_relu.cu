@@ -155,6 +155,15 @@ int64_t split_min_ktiles() {
   return v;
 }
 
+// plan_prefetch's L2 prefetch: on unless TWOLAYER_OPS_L2_PREFETCH=0, for GPU runs to time it against none.
+bool l2_prefetch_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("TWOLAYER_OPS_L2_PREFETCH");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 bool env_on(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && std::string(v) == "1";
@@ -178,7 +187,7 @@ template <typename T, int MODE, int TILES>
 at::Tensor plan_workspace(GemmArgs& g, const at::Tensor& like) {
   const int sms = sm_count(like);
   const int64_t work = plan_split_k<T, MODE, TILES>(g, sms, split_min_ktiles());
-  plan_prefetch<T, MODE, TILES>(g, sms, l2_bytes(like));
+  plan_prefetch<T, MODE, TILES>(g, sms, l2_prefetch_on() ? l2_bytes(like) : 0);  // no L2: no prefetch
   if (work <= 0) return {};
   at::Tensor workspace = at::empty({work}, like.options().dtype(c10::CppTypeToScalarType<typename Elem<T>::acc>::value));
   g.work = workspace.data_ptr();
