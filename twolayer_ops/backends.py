@@ -119,9 +119,13 @@ def resolve_backend(name, tensor, *, autocast=False):
     return backend if backend is not None else _resolve(name, device_type, tensor.dtype)
 
 
-def _resolve(name, device_type, dtype):
+def check_backend_name(name):
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+
+
+def _resolve(name, device_type, dtype):
+    check_backend_name(name)
     if name == "auto":
         return BACKENDS["native"] if BACKENDS["native"].supports(device_type, dtype) else BACKENDS["torch"]
     backend = BACKENDS[name]

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
 
-from .backends import BACKEND_NAMES, BACKENDS, resolve_backend
+from .backends import BACKENDS, check_backend_name, resolve_backend
 from .checks import args_ok, check_linear_relu_args, check_tensor, explain_bad_args, feature_bias, layout_name
 
 _STRIDED = torch.strided  # one lookup fewer on every call
@@ -42,11 +42,17 @@ def _sparse_or_nested(t):
     return isinstance(t, torch.Tensor) and (t.layout is not _STRIDED or t.is_nested)
 
 
+def _packed(x):
+    """A contiguous jagged nested x (batch, ragged, ..., K): its packed values (total, ..., K) are a
+    dense tensor that the kernels take whole."""
+    return x.layout is torch.jagged and x.is_contiguous()
+
+
 def _linear_relu_sparse_or_nested(x, weight, bias, backend):
-    """Sparse or nested operands, as F.linear takes them. A contiguous jagged nested x (batch, ragged,
-    ..., K) is its packed values (total, ..., K): the backend's kernels run on those. No kernel takes
-    the others, so backend "auto" (or "torch") runs relu(F.linear(...)) itself, as torch would."""
-    if x.layout is torch.jagged and x.is_contiguous() and not any(_sparse_or_nested(t) for t in (weight, bias)):
+    """Sparse or nested operands, as F.linear takes them: a packed x runs the backend's kernels on its
+    values. No kernel takes the others, so backend "auto" (or "torch") runs relu(F.linear(...))
+    itself, as torch would."""
+    if _packed(x) and not any(_sparse_or_nested(t) for t in (weight, bias)):
         out = linear_relu(x.values(), weight, bias, backend=backend)
         return torch.nested.nested_tensor_from_jagged(out, x.offsets())
     operands = {"x": x, "weight": weight, "bias": bias}
@@ -58,8 +64,7 @@ def _composite(op, operands, backend, run):
     allows it; else the error that names the first such operand."""
     if backend in ("auto", "torch"):
         return run()
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    check_backend_name(backend)
     name, t = next((name, t) for name, t in operands.items() if _sparse_or_nested(t))
     kind = ("non-contiguous " if t.layout is torch.jagged else "") + layout_name(t)
     raise TypeError(f"{op}: backend {backend!r} has no kernel for a {kind} {name} (its kernels take dense tensors and a "
@@ -84,8 +89,8 @@ def relu(x, *, backend="auto"):
     check_tensor("relu", "x", x)
     if _transformed():
         return _TransformableReLU.apply(x, backend)
-    if x.layout is not _STRIDED or x.is_nested:  # as in linear_relu: kernels on a jagged x's values
-        if x.layout is torch.jagged and x.is_contiguous():
+    if _sparse_or_nested(x):  # as in linear_relu: kernels on a packed x's values
+        if _packed(x):
             return torch.nested.nested_tensor_from_jagged(relu(x.values(), backend=backend), x.offsets())
         return _composite("relu", {"x": x}, backend, lambda: torch.relu(x))
     return resolve_backend(backend, x).relu(x)

@@ -4,7 +4,7 @@ import random
 import torch
 from torch import nn
 
-from .backends import BACKEND_NAMES
+from .backends import check_backend_name
 from .functional import linear_relu
 
 
@@ -17,8 +17,7 @@ class FusedLinearReLU(nn.Module):
 
     def __init__(self, in_features, out_features, bias=True, *, backend="auto", device=None, dtype=None):
         super().__init__()
-        if backend not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        check_backend_name(backend)
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features
